@@ -1,0 +1,163 @@
+"""Shared fixtures: an isolated RabbitMQ vhost, a real worker, dead-letter reading.
+
+Every test run gets its own RabbitMQ virtual host and Redis key prefix, and
+pytest-django its own database, so nothing left by an earlier run (queues with
+other arguments, stray messages, rows) can change a result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+from jobs.testing import wait_for
+from jobs.testing.worker import WorkerProcess
+
+RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+VHOST = f"jobs_test_{RUN_ID}"
+
+
+def _rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
+    return result.stdout
+
+
+def _drop_stale_vhosts() -> None:
+    # A vhost whose test run (its pid) is gone was left by a run that crashed.
+    for name in _rabbitmqctl("list_vhosts").split():
+        if not name.startswith("jobs_test_"):
+            continue
+        pid = name.removeprefix("jobs_test_").split("_")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture(scope="session")
+def broker_url():
+    _drop_stale_vhosts()
+    _rabbitmqctl("add_vhost", VHOST)
+    _rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    base = re.match(r"^[a-z]+://[^/]+", settings.CELERY_BROKER_URL).group(0)  # scheme, auth, host
+    try:
+        yield f"{base}/{quote(VHOST, safe='')}"
+    finally:
+        _rabbitmqctl("delete_vhost", VHOST)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def platform(broker_url, django_db_setup, django_db_blocker):
+    """Points this process's Celery app and cache at the run's vhost and key prefix."""
+    from django.test.utils import override_settings
+
+    from jobs import topology
+    from project.celery import app
+
+    app.conf.broker_url = broker_url
+    cache_settings = {**settings.CACHES}
+    cache_settings["default"] = {**cache_settings["default"], "KEY_PREFIX": f"test_{RUN_ID}"}
+    override = override_settings(CACHES=cache_settings)
+    override.enable()
+    with app.connection_for_write() as connection:
+        topology.declare(connection)
+    try:
+        yield app
+    finally:
+        override.disable()
+        app.pool.force_close_all()
+
+
+@pytest.fixture(scope="session")
+def worker_env(broker_url, django_db_setup):
+    from django.db import connection
+
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "CELERY_BROKER_URL": broker_url,
+        "CACHE_KEY_PREFIX": f"test_{RUN_ID}",
+        "JOBS_MAX_LOST_RUNS": "2",
+        "JOBS_LEASE_BUSY_RETRY_SECONDS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def session_worker(worker_env, tmp_path_factory):
+    worker = WorkerProcess(worker_env, tmp_path_factory.mktemp("workers"), name=f"session-{RUN_ID}")
+    try:
+        yield worker
+    finally:
+        worker.kill()
+
+
+@pytest.fixture
+def worker(session_worker):
+    """The shared worker (2 prefork processes, every workload queue), running."""
+    return session_worker.start()
+
+
+@pytest.fixture
+def own_worker(session_worker, worker_env, tmp_path):
+    """Stops the shared worker for this test and hands out a worker the test controls.
+
+    The test starts it (and may kill it); it is killed afterwards whatever happened.
+    """
+    session_worker.stop()
+    worker = WorkerProcess(worker_env, tmp_path, name=f"own-{uuid.uuid4().hex[:6]}")
+    try:
+        yield worker
+    finally:
+        worker.kill()
+
+
+class DeadLetterReader:
+    """Reads the run's dead-letter queue, remembering what it took off it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.seen: list = []
+
+    def _drain(self) -> None:
+        from jobs.topology import DEAD_LETTER_QUEUE
+
+        with self.app.connection_for_write() as connection:
+            channel = connection.channel()
+            try:
+                while (message := channel.basic_get(DEAD_LETTER_QUEUE)) is not None:
+                    channel.basic_ack(message.delivery_tag)
+                    self.seen.append(message)
+            finally:
+                channel.close()
+
+    def find(self, task_id, timeout: float = 20.0):
+        """The dead-lettered message of `task_id`, waiting for it to arrive."""
+
+        def look():
+            self._drain()
+            for message in self.seen:
+                headers = message.properties.get("application_headers") or {}
+                if headers.get("id") == str(task_id):
+                    return message
+            return None
+
+        return wait_for(look, timeout, interval=0.2, message=f"dead letter of {task_id}")
+
+
+@pytest.fixture(scope="session")
+def dead_letters(platform):
+    return DeadLetterReader(platform)

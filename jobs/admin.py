@@ -1,0 +1,80 @@
+"""Admin for the job ledger: the durable history of every job, and its two actions."""
+
+import json
+import uuid
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from jobs import services
+from jobs.models import Job
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "task_name", "state", "queue", "priority", "attempts", "created_at", "duration_ms"]
+    list_filter = ["state", "task_name", "queue"]
+    search_fields = ["key", "task_name"]
+    search_help_text = "A job id, an idempotency key, or part of a task name."
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    actions = ["retry_dead_jobs", "cancel_jobs"]
+    list_per_page = 50
+    show_full_result_count = False
+    fieldsets = [
+        (None, {"fields": ["id", "task_name", "state", "queue", "priority", "key", "worker"]}),
+        ("Payload", {"fields": ["args_pretty", "kwargs_pretty", "result"]}),
+        ("Attempts", {"fields": ["attempts", "lost_runs", "last_error", "traceback_pretty"]}),
+        (
+            "Timings",
+            {"fields": ["created_at", "run_after", "queued_at", "started_at", "finished_at", "duration_ms"]},
+        ),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f for fs in self.fieldsets for f in fs[1]["fields"]]
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        try:
+            job_id = uuid.UUID(term)
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(pk=job_id), False
+
+    @admin.display(description="args")
+    def args_pretty(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.args, indent=2))
+
+    @admin.display(description="kwargs")
+    def kwargs_pretty(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.kwargs, indent=2))
+
+    @admin.display(description="traceback")
+    def traceback_pretty(self, obj):
+        return format_html("<pre>{}</pre>", obj.last_traceback) if obj.last_traceback else "-"
+
+    @admin.display(description="duration (ms)")
+    def duration_ms(self, obj):
+        return round(obj.duration.total_seconds() * 1000, 1) if obj.duration else None
+
+    @admin.action(description="Retry selected dead jobs", permissions=["change"])
+    def retry_dead_jobs(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        retried = sum(services.retry_job(job_id) for job_id in ids)
+        self._report(request, retried, len(ids), "retried", "they were not dead")
+
+    @admin.action(description="Cancel selected waiting jobs", permissions=["change"])
+    def cancel_jobs(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        cancelled = sum(services.cancel_job(job_id) for job_id in ids)
+        self._report(request, cancelled, len(ids), "cancelled", "they had already started or finished")
+
+    def _report(self, request, done: int, total: int, verb: str, why_not: str) -> None:
+        if done:
+            self.message_user(request, f"{done} job(s) {verb}.", messages.SUCCESS)
+        if total - done:
+            self.message_user(request, f"{total - done} job(s) skipped: {why_not}.", messages.WARNING)

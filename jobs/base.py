@@ -1,0 +1,295 @@
+"""The one base class of every job: ledger, lease, retries, poison cap, logging.
+
+A task body stays a few lines (unpack ids, call a service); everything that every
+job needs happens here, around it. The Celery app uses this class for every task
+(`Celery(task_cls="jobs.base:JobTask")`).
+
+What happens to one delivery of a job's message:
+
+1. Take the job's lease (jobs.ledger.lease). Held elsewhere? Another copy runs right
+   now: send this copy again a little later and ack it.
+2. Read the ledger row (a message the ledger never saw, from beat or `.delay()`,
+   gets a row now). Finished already (a redelivery or a duplicate publish)? Ack,
+   run nothing.
+3. Still `started` although the lease was free? The run before this one died with
+   its worker. Count it; at JOBS_MAX_LOST_RUNS, the job is `dead` and the message
+   is rejected into the dead-letter queue instead of killing another worker.
+4. Mark `started`, attempts + 1, run the task body.
+5. Success: `succeeded`. A declared transient error: `retrying`, then the message is
+   sent again with exponential backoff and jitter (the ledger is written before the
+   new copy can start). Anything else, or retries exhausted, or the soft time limit:
+   `dead`, and the raised error makes Celery reject the message into the
+   dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import random
+import time
+import traceback
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, connection
+from django.db.models import F
+from django.utils import timezone
+
+from jobs import ledger
+from jobs.models import FINISHED_STATES, Job, JobState
+from jobs.topology import PriorityClass, Workload
+
+logger = logging.getLogger("jobs")
+
+
+class TransientJobError(Exception):
+    """Raise from a task body to ask for a retry with backoff, whatever the task declares."""
+
+
+class PermanentJobError(Exception):
+    """Raise from a task body to end the job `dead` at once, with this message as its error."""
+
+
+def backoff_seconds(retry_number: int, base: float, maximum: float, jitter: bool = True) -> float:
+    """Exponential backoff (base * 2^n, capped at maximum), with "equal jitter".
+
+    Half the delay is fixed and half random, so a burst of failures spreads out
+    without a retry ever coming back at once.
+    """
+    delay = min(maximum, base * (2 ** max(retry_number, 0)))
+    if not jitter:
+        return delay
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+class JobTask(Task):
+    """Base class of every job. Subclass attributes a task may set:
+
+    queue: its workload queue (jobs.topology.Workload).
+    priority_class: its default priority class; enqueue may override.
+    transient_errors: exception types that are retried with backoff.
+    max_retries, retry_backoff, retry_backoff_max, retry_jitter: the retry policy.
+    """
+
+    queue: str = Workload.DEFAULT.value
+    priority_class: PriorityClass = PriorityClass.NORMAL
+    transient_errors: tuple[type[BaseException], ...] = ()
+    max_retries = 5
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 600.0
+    retry_jitter = True
+
+    def __call__(self, *args, **kwargs):
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return self.run(*args, **kwargs)
+        job_id = request.id
+        try:
+            with ledger.lease(job_id) as taken:
+                if not taken:
+                    self._log(job_id, "lease busy; another copy is running, looking again later")
+                    self._send_again(
+                        settings.JOBS_LEASE_BUSY_RETRY_SECONDS, retries=request.retries, lease_busy=True
+                    )
+                job = self._begin(job_id, args, kwargs)
+                if job is None:
+                    raise Ignore()
+                return self._run_and_record(job, args, kwargs)
+        except (DatabaseError, InterfaceError) as exc:
+            # The ledger is unreachable: keep the message in RabbitMQ and try again.
+            # A run already done is absorbed by the handler's own idempotency.
+            logger.warning("job=%s task=%s ledger unavailable (%s); requeueing", job_id, self.name, exc)
+            connection.close()
+            time.sleep(1.0)
+            raise Reject(f"ledger unavailable: {exc}", requeue=True) from exc
+
+    # -- phases ---------------------------------------------------------------------
+
+    def _begin(self, job_id: str, args, kwargs) -> Job | None:
+        """Checks the ledger under the lease; returns the job to run, or None to skip."""
+        job = self._ledger_row(job_id, args, kwargs)
+        if job.state in FINISHED_STATES:
+            self._log(job_id, f"already {job.state}; acknowledged without running")
+            return None
+        if job.state == JobState.STARTED:
+            lost = job.lost_runs + 1
+            if lost >= settings.JOBS_MAX_LOST_RUNS:
+                error = (
+                    f"Its worker died during {lost} runs (JOBS_MAX_LOST_RUNS is "
+                    f"{settings.JOBS_MAX_LOST_RUNS}); dead-lettered as poison."
+                )
+                ledger.transition(
+                    job_id,
+                    JobState.DEAD,
+                    lost_runs=lost,
+                    last_error=error,
+                    last_traceback="",
+                    finished_at=timezone.now(),
+                )
+                logger.error("job=%s task=%s state=dead reason=poison lost_runs=%d", job_id, self.name, lost)
+                raise Reject(error, requeue=False)
+            Job.objects.filter(pk=job_id).update(lost_runs=lost)
+            logger.warning(
+                "job=%s task=%s previous run died with its worker; running again", job_id, self.name
+            )
+        moved = ledger.transition(
+            job_id,
+            JobState.STARTED,
+            attempts=F("attempts") + 1,
+            started_at=timezone.now(),
+            finished_at=None,
+            worker=self.request.hostname or "",
+        )
+        if not moved:
+            # Cancelled (or finished) between the read and the update.
+            return None
+        job.refresh_from_db()
+        return job
+
+    def _ledger_row(self, job_id: str, args, kwargs) -> Job:
+        delivery = self.request.delivery_info or {}
+        job, _ = Job.objects.get_or_create(
+            pk=job_id,
+            defaults={
+                "task_name": self.name,
+                "args": list(args),
+                "kwargs": dict(kwargs),
+                "queue": delivery.get("routing_key") or self.queue,
+                "priority": delivery.get("priority") or self.priority_class.value,
+                "state": JobState.QUEUED,
+                "queued_at": timezone.now(),
+            },
+        )
+        return job
+
+    def _run_and_record(self, job: Job, args, kwargs):
+        started = time.monotonic()
+        try:
+            result = self.run(*args, **kwargs)
+        except Retry as exc:
+            # The task body called self.retry() itself: its new message is already sent.
+            self._record_retry(job, exc.exc or exc, started)
+            raise
+        except SoftTimeLimitExceeded as exc:
+            self._record_dead(job, exc, started, reason="soft time limit exceeded")
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is classified here
+            retryable = isinstance(exc, (TransientJobError, *self.transient_errors)) and not isinstance(
+                exc, PermanentJobError
+            )
+            if retryable and self.request.retries < self.max_retries:
+                countdown = backoff_seconds(
+                    self.request.retries, self.retry_backoff, self.retry_backoff_max, self.retry_jitter
+                )
+                self._record_retry(job, exc, started, countdown=countdown)
+                self._send_again(countdown, retries=self.request.retries + 1, exc=exc)
+            reason = "retries exhausted" if retryable else "permanent error"
+            self._record_dead(job, exc, started, reason=reason)
+            raise
+        ledger.transition(
+            job.id,
+            JobState.SUCCEEDED,
+            only_from=[JobState.STARTED],
+            result=_json_or_none(result),
+            finished_at=timezone.now(),
+        )
+        self._log(job.id, "succeeded", started=started, attempt=job.attempts)
+        return result
+
+    def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
+        ledger.transition(
+            job.id,
+            JobState.RETRYING,
+            only_from=[JobState.STARTED],
+            last_error=_describe(exc),
+            last_traceback=_traceback(exc),
+            finished_at=timezone.now(),
+        )
+        extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
+        logger.warning(
+            "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s%s",
+            job.id,
+            self.name,
+            job.attempts,
+            (time.monotonic() - started) * 1000,
+            _describe(exc),
+            extra,
+        )
+
+    def _record_dead(self, job: Job, exc: BaseException, started: float, reason: str):
+        ledger.transition(
+            job.id,
+            JobState.DEAD,
+            only_from=[JobState.STARTED],
+            last_error=_describe(exc),
+            last_traceback=_traceback(exc),
+            finished_at=timezone.now(),
+        )
+        logger.error(
+            "job=%s task=%s attempt=%d state=dead reason=%s duration_ms=%.1f error=%s",
+            job.id,
+            self.name,
+            job.attempts,
+            reason,
+            (time.monotonic() - started) * 1000,
+            _describe(exc),
+        )
+
+    def _send_again(
+        self, countdown: float, retries: int, exc: BaseException | None = None, lease_busy: bool = False
+    ):
+        """Publishes this message again after `countdown` seconds and acks this copy.
+
+        Raises Celery's Retry, which acknowledges the current delivery. If the new
+        copy cannot be published, a retrying job goes back to `pending` with
+        `run_after` set, for the relay to publish when the broker is back; a copy
+        that found the lease busy is requeued as it is.
+        """
+        signature = self.signature_from_request(self.request, countdown=countdown, retries=retries)
+        try:
+            signature.apply_async(retry=False)
+        except Exception as publish_error:  # noqa: BLE001
+            if lease_busy:
+                raise Reject("lease busy and the broker refused a new copy", requeue=True) from publish_error
+            ledger.transition(
+                self.request.id,
+                JobState.PENDING,
+                only_from=[JobState.RETRYING],
+                run_after=timezone.now() + datetime.timedelta(seconds=countdown),
+            )
+            logger.warning(
+                "job=%s task=%s could not be sent again (%s); left pending for the relay",
+                self.request.id,
+                self.name,
+                publish_error.__class__.__name__,
+            )
+            raise Ignore() from publish_error
+        raise Retry(exc=exc, when=countdown, sig=signature)
+
+    def _log(self, job_id, message: str, started: float | None = None, attempt: int | None = None):
+        parts = [f"job={job_id}", f"task={self.name}"]
+        if attempt is not None:
+            parts.append(f"attempt={attempt}")
+        if started is not None:
+            parts.append(f"duration_ms={(time.monotonic() - started) * 1000:.1f}")
+        logger.info("%s %s", " ".join(parts), message)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))[-20000:]
+
+
+def _json_or_none(value):
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return value

@@ -1,0 +1,29 @@
+import signal
+
+from django.core.management.base import BaseCommand
+
+from jobs.relay import relay_until_drained, run_relay_forever
+
+
+class Command(BaseCommand):
+    help = "Publishes pending jobs (the outbox relay). Runs until stopped, or once with --once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="Publish what is due, then exit.")
+        parser.add_argument("--interval", type=float, default=None, help="Seconds between passes.")
+
+    def handle(self, *args, once: bool, interval: float | None, **options):
+        if once:
+            sent = relay_until_drained()
+            self.stdout.write(f"published {sent} pending job(s)")
+            return
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.stdout.write("relay running; publishing pending jobs")
+        run_relay_forever(interval=interval, stop=lambda: stopping)

@@ -1,0 +1,92 @@
+"""The job ledger: one durable row per job, whose id is the Celery task id."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class JobState(models.TextChoices):
+    PENDING = "pending", "Pending"  # written, not yet published (the outbox)
+    QUEUED = "queued", "Queued"  # published and confirmed by RabbitMQ
+    STARTED = "started", "Started"  # a worker holds the job's lease and runs it
+    RETRYING = "retrying", "Retrying"  # failed transiently; the next attempt is scheduled
+    SUCCEEDED = "succeeded", "Succeeded"
+    DEAD = "dead", "Dead"  # failed for good; its message went to the dead-letter queue
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# Every allowed move of the ledger, written down once; jobs.ledger.transition
+# refuses anything else. Publishing and starting race (a worker may start a job
+# before the publisher marks it queued), hence PENDING -> STARTED. A run whose
+# worker died is started again, hence STARTED -> STARTED. An operator's retry of a
+# dead job is a new attempt of the same row: DEAD -> PENDING, through the outbox.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    JobState.PENDING: frozenset({JobState.QUEUED, JobState.STARTED, JobState.CANCELLED, JobState.DEAD}),
+    JobState.QUEUED: frozenset({JobState.STARTED, JobState.CANCELLED, JobState.DEAD, JobState.PENDING}),
+    JobState.STARTED: frozenset(
+        {JobState.STARTED, JobState.SUCCEEDED, JobState.RETRYING, JobState.DEAD, JobState.PENDING}
+    ),
+    JobState.RETRYING: frozenset({JobState.STARTED, JobState.DEAD, JobState.CANCELLED, JobState.PENDING}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.DEAD: frozenset({JobState.PENDING}),
+    JobState.CANCELLED: frozenset(),
+}
+
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_name = models.CharField(max_length=200, db_index=True)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=100, db_index=True)
+    priority = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    attempts = models.PositiveIntegerField(default=0, help_text="Runs started, retries included.")
+    lost_runs = models.PositiveSmallIntegerField(
+        default=0, help_text="Runs whose worker died before they finished."
+    )
+    key = models.CharField(
+        max_length=255,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text="Idempotency key: enqueuing the same key again returns this job.",
+    )
+    last_error = models.TextField(blank=True)
+    last_traceback = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    run_after = models.DateTimeField(
+        null=True, blank=True, help_text="Not published before this time (retries, deferred jobs)."
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The relay's scan: only pending rows, oldest first.
+            models.Index(fields=["created_at"], name="job_pending_created_idx", condition=Q(state="pending")),
+            models.Index(fields=["state", "queue"], name="job_state_queue_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.id}] {self.state}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None

@@ -1,0 +1,158 @@
+"""Writes of the platform: enqueue a job, retry a dead one, cancel a waiting one."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import json
+import uuid
+
+from celery import Task
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from jobs import ledger
+from jobs.models import Job, JobState
+from jobs.publisher import publish_jobs
+from jobs.topology import WORKLOAD_QUEUES, PriorityClass
+
+
+class EnqueueError(ValueError):
+    """A job that cannot be enqueued; the message says why and what to do."""
+
+
+def _celery_app():
+    from project.celery import app
+
+    return app
+
+
+def resolve_task(task: Task | str) -> Task:
+    """Returns the registered task for a task object or its name."""
+    app = _celery_app()
+    name = task if isinstance(task, str) else getattr(task, "name", None)
+    if not name:
+        raise EnqueueError(f"{task!r} is not a job: pass a task or a registered task name.")
+    if name not in app.tasks:
+        # Tasks modules are imported lazily in a web process; import them once.
+        app.loader.import_default_modules()
+    try:
+        return app.tasks[name]
+    except KeyError:
+        raise EnqueueError(
+            f"No job is registered as {name!r}; check the name or its app's tasks.py."
+        ) from None
+
+
+def _check_payload(task: Task, args: tuple, kwargs: dict) -> None:
+    try:
+        inspect.signature(task.run).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise EnqueueError(f"Arguments do not fit job {task.name!r}: {exc}.") from None
+    try:
+        encoded = json.dumps([args, kwargs], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EnqueueError(
+            f"Arguments of {task.name!r} must be JSON (ids, strings, numbers, lists, dicts): {exc}."
+        ) from None
+    limit = settings.JOBS_MAX_PAYLOAD_BYTES
+    if len(encoded.encode()) > limit:
+        raise EnqueueError(
+            f"Arguments of {task.name!r} are {len(encoded.encode()):,} bytes; the limit is {limit:,}. "
+            "Pass ids and let the job load the data."
+        )
+
+
+def enqueue(
+    task: Task | str,
+    *args,
+    priority: PriorityClass | str | None = None,
+    key: str | None = None,
+    run_after: datetime.datetime | None = None,
+    **kwargs,
+) -> Job:
+    """Records a job in the caller's transaction and publishes it after commit.
+
+    Promises:
+    - A rolled-back transaction publishes nothing; outside a transaction the job is
+      published at once.
+    - It never fails or waits because of the broker or a worker: if publishing
+      fails, the job stays `pending` and the relay publishes it later.
+    - With `key`, enqueuing the same key again (even concurrently) returns the job
+      that key already names, and publishes nothing new.
+    - `run_after` defers the job: the relay publishes it once that time has come.
+    - Bad input (unknown task, arguments that do not fit or are not JSON, too
+      large) raises EnqueueError before anything is written.
+    """
+    task = resolve_task(task)
+    _check_payload(task, args, kwargs)
+    try:
+        priority_class = PriorityClass.parse(priority) if priority is not None else task.priority_class
+    except ValueError as exc:
+        raise EnqueueError(str(exc)) from None
+    queue = task.queue
+    if queue not in WORKLOAD_QUEUES:
+        raise EnqueueError(f"Job {task.name!r} names queue {queue!r}, which is not in the topology.")
+    if key is not None:
+        existing = Job.objects.filter(key=key).first()
+        if existing is not None:
+            return existing
+    job = Job(
+        id=uuid.uuid4(),
+        task_name=task.name,
+        args=list(args),
+        kwargs=kwargs,
+        queue=queue,
+        priority=priority_class.value,
+        key=key,
+        run_after=run_after,
+    )
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+    except IntegrityError:
+        if key is None:
+            raise
+        # Another transaction took the key first (the insert waited for it to commit).
+        return Job.objects.get(key=key)
+    if run_after is None or run_after <= timezone.now():
+        transaction.on_commit(functools.partial(publish_jobs, [job]), robust=True)
+    return job
+
+
+def retry_job(job_id: uuid.UUID | str) -> bool:
+    """Starts a new attempt of a dead job (same ledger row, same id); False if not dead.
+
+    The job goes back to `pending` and is published after commit, like a new one.
+    """
+    moved = ledger.transition(
+        job_id,
+        JobState.PENDING,
+        only_from=[JobState.DEAD],
+        lost_runs=0,
+        run_after=None,
+        finished_at=None,
+    )
+    if moved:
+        transaction.on_commit(
+            lambda: publish_jobs(list(Job.objects.filter(pk=job_id, state=JobState.PENDING))), robust=True
+        )
+    return bool(moved)
+
+
+def cancel_job(job_id: uuid.UUID | str) -> bool:
+    """Cancels a job that has not started (pending, queued or waiting to retry).
+
+    Its message, if already in RabbitMQ, is acknowledged without running. Returns
+    False for a job that is running or finished, which cannot be cancelled.
+    """
+    return bool(
+        ledger.transition(
+            job_id,
+            JobState.CANCELLED,
+            only_from=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING],
+            finished_at=timezone.now(),
+        )
+    )

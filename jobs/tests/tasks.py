@@ -1,0 +1,75 @@
+"""Jobs used only by the test suite; the test worker imports them with -I.
+
+Each one appends a line to a file the test owns, so a test counts side effects
+per job without sharing state with other tests.
+"""
+
+import os
+import time
+
+from jobs.base import TransientJobError
+from project.celery import app
+
+
+def _append(path: str, line: str) -> None:
+    # O_APPEND writes of one short line are atomic across processes.
+    with open(path, "a") as fh:
+        fh.write(f"{line} {time.time():.4f}\n")
+
+
+def lines(path: str) -> list[str]:
+    try:
+        with open(path) as fh:
+            return [line.split()[0] for line in fh.read().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+@app.task(name="tests.record")
+def record(path: str, value: str = "ran") -> str:
+    _append(path, value)
+    return value
+
+
+@app.task(name="tests.flaky", retry_backoff=0.2, retry_backoff_max=2.0)
+def flaky(path: str, failures: int) -> str:
+    done = len(lines(path))
+    _append(path, "fail" if done < failures else "ok")
+    if done < failures:
+        raise TransientJobError(f"transient failure {done + 1} of {failures}")
+    return "ok"
+
+
+@app.task(name="tests.always_transient", retry_backoff=0.05, retry_backoff_max=0.1, max_retries=2)
+def always_transient(path: str) -> None:
+    _append(path, "fail")
+    raise TransientJobError("still down")
+
+
+@app.task(name="tests.fail")
+def fail(path: str) -> None:
+    _append(path, "fail")
+    raise ValueError("this job always fails")
+
+
+@app.task(name="tests.fail_once")
+def fail_once(path: str) -> str:
+    if not lines(path):
+        _append(path, "fail")
+        raise ValueError("first attempt fails")
+    _append(path, "ok")
+    return "ok"
+
+
+@app.task(name="tests.sleep")
+def sleep(path: str, seconds: float) -> None:
+    _append(path, "start")
+    time.sleep(seconds)
+    _append(path, "end")
+
+
+@app.task(name="tests.exit_worker")
+def exit_worker(path: str) -> None:
+    """Poison: kills the worker process running it, every time."""
+    _append(path, "start")
+    os._exit(1)

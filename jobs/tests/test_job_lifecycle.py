@@ -1,0 +1,262 @@
+"""The platform's promises, proven with a real worker on the real RabbitMQ and PostgreSQL."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+from django.db import transaction
+
+from jobs import enqueue
+from jobs.models import Job, JobState
+from jobs.publisher import publish_jobs
+from jobs.relay import relay_pending_jobs
+from jobs.testing import wait_for
+from jobs.tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def finished(job_id, timeout=30.0) -> Job:
+    def done():
+        job = Job.objects.get(pk=job_id)
+        return job if job.is_finished else None
+
+    return wait_for(done, timeout, message=f"job {job_id} to finish")
+
+
+def test_committed_job_runs_and_succeeds(worker, tmp_path):
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.record, path, "hello")
+
+    job = finished(job.id)
+
+    assert job.state == JobState.SUCCEEDED
+    assert job.attempts == 1
+    assert job.result == "hello"
+    assert job.queued_at and job.started_at and job.finished_at
+    assert tasks.lines(path) == ["hello"]
+
+
+def test_rolled_back_transaction_publishes_nothing(worker, tmp_path):
+    rolled_back = str(tmp_path / "rolled_back")
+    committed = str(tmp_path / "committed")
+
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            ghost = enqueue(tasks.record, rolled_back)
+            raise RuntimeError("the view failed after enqueueing")
+    with transaction.atomic():
+        job = enqueue(tasks.record, committed)
+        assert tasks.lines(committed) == [], "nothing may be published before commit"
+
+    assert finished(job.id).state == JobState.SUCCEEDED
+    time.sleep(0.5)
+    assert not Job.objects.filter(pk=ghost.id).exists()
+    assert tasks.lines(rolled_back) == []
+
+
+def test_transient_error_is_retried_with_backoff_then_succeeds(worker, tmp_path):
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.flaky, path, 2)
+
+    job = finished(job.id)
+
+    assert job.state == JobState.SUCCEEDED
+    assert job.attempts == 3
+    assert "transient failure 2 of 2" in job.last_error
+    with open(path) as fh:
+        stamps = [float(line.split()[1]) for line in fh]
+    # backoff base 0.2 s with equal jitter: the n-th wait is at least 0.2 * 2^n / 2.
+    assert stamps[1] - stamps[0] >= 0.1
+    assert stamps[2] - stamps[1] >= 0.2
+
+
+def test_retries_exhausted_end_dead(worker, tmp_path, dead_letters):
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.always_transient, path)
+
+    job = finished(job.id)
+
+    assert job.state == JobState.DEAD
+    assert job.attempts == 3  # the first run and max_retries=2
+    assert "still down" in job.last_error
+    assert dead_letters.find(job.id)
+
+
+def test_permanent_error_ends_dead_and_its_message_is_dead_lettered(worker, tmp_path, dead_letters):
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.fail, path)
+
+    job = finished(job.id)
+
+    assert job.state == JobState.DEAD
+    assert job.attempts == 1
+    assert job.last_error == "ValueError: this job always fails"
+    assert "Traceback" in job.last_traceback
+    assert tasks.lines(path) == ["fail"], "a permanent error is not retried"
+    message = dead_letters.find(job.id)
+    death = message.properties["application_headers"]["x-death"][0]
+    assert death["queue"] == "default"
+    assert death["reason"] == "rejected"
+
+
+def test_same_idempotency_key_twice_gives_one_job(worker, tmp_path):
+    path = str(tmp_path / "out")
+    with transaction.atomic():
+        first = enqueue(tasks.record, path, key="invoice-42-pdf")
+        second = enqueue(tasks.record, path, key="invoice-42-pdf")
+    third = enqueue(tasks.record, path, key="invoice-42-pdf")
+
+    assert first.id == second.id == third.id
+    assert finished(first.id).state == JobState.SUCCEEDED
+    time.sleep(0.5)
+    assert Job.objects.filter(key="invoice-42-pdf").count() == 1
+    assert tasks.lines(path) == ["ran"]
+
+
+def test_redelivered_succeeded_job_is_not_run_again(worker, tmp_path):
+    path = str(tmp_path / "out")
+    job = finished(enqueue(tasks.record, path).id)
+
+    # The same message again, as RabbitMQ redelivers it or a relay publishes it twice.
+    publish_jobs([job], force=True)
+
+    wait_for(lambda: f"job={job.id} task=tests.record already succeeded" in worker.log(), message="the skip")
+    job.refresh_from_db()
+    assert job.attempts == 1
+    assert tasks.lines(path) == ["ran"]
+
+
+def test_two_copies_of_one_job_never_run_at_the_same_time(worker, tmp_path):
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.sleep, path, 2.0)
+    wait_for(lambda: tasks.lines(path) == ["start"], message="the first copy to start")
+
+    publish_jobs([Job.objects.get(pk=job.id)], force=True)  # a duplicate while it runs
+
+    wait_for(lambda: f"job={job.id} task=tests.sleep lease busy" in worker.log(), message="the lease refusal")
+    assert finished(job.id).state == JobState.SUCCEEDED
+    wait_for(
+        lambda: f"job={job.id} task=tests.sleep already succeeded" in worker.log(), message="the late copy"
+    )
+    assert tasks.lines(path) == ["start", "end"]
+    assert Job.objects.get(pk=job.id).attempts == 1
+
+
+def test_job_whose_worker_process_died_mid_run_runs_again(own_worker, tmp_path):
+    own_worker.start()
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.sleep, path, 1.5)
+    wait_for(lambda: tasks.lines(path) == ["start"], message="the job to start")
+    before = set(own_worker.pool_pids())
+
+    for pid in before:  # the job's process dies, as under the OOM killer
+        os.kill(pid, 9)
+
+    job = finished(job.id)
+    assert job.state == JobState.SUCCEEDED
+    assert job.attempts == 2
+    assert job.lost_runs == 1
+    assert tasks.lines(path) == ["start", "start", "end"]
+
+
+def test_poison_that_kills_its_worker_is_dead_lettered_and_the_worker_goes_on(
+    own_worker, tmp_path, dead_letters
+):
+    own_worker.start()
+    path = str(tmp_path / "poison")
+    job = enqueue(tasks.exit_worker, path)
+
+    job = finished(job.id, timeout=60)
+
+    assert job.state == JobState.DEAD
+    assert "dead-lettered as poison" in job.last_error
+    assert tasks.lines(path) == ["start"] * 2  # JOBS_MAX_LOST_RUNS=2 in the test worker
+    assert dead_letters.find(job.id)
+    healthy = str(tmp_path / "healthy")
+    assert finished(enqueue(tasks.record, healthy).id).state == JobState.SUCCEEDED
+
+
+def test_enqueue_with_broker_unreachable_succeeds_and_the_relay_delivers_it_once(
+    worker, worker_env, tmp_path
+):
+    path = str(tmp_path / "out")
+    script = (
+        "import json, time\n"
+        "from django.db import transaction\n"
+        "from jobs import enqueue\n"
+        "from jobs.tests import tasks\n"
+        "t = time.monotonic()\n"
+        "with transaction.atomic():\n"
+        f"    job = enqueue(tasks.record, {path!r})\n"
+        "print(json.dumps({'id': str(job.id), 'seconds': time.monotonic() - t}))\n"
+    )
+    env = {**worker_env, "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}  # nothing listens there
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert result["seconds"] < 1.0, "enqueue must not wait on an unreachable broker"
+    job = Job.objects.get(pk=result["id"])
+    assert job.state == JobState.PENDING
+    time.sleep(1.0)
+    assert tasks.lines(path) == []
+
+    assert relay_pending_jobs(grace_seconds=0) == 1
+    assert relay_pending_jobs(grace_seconds=0) == 0, "a relayed job is not relayed again"
+    assert finished(job.id).state == JobState.SUCCEEDED
+    time.sleep(0.5)
+    assert tasks.lines(path) == ["ran"]
+
+
+def test_pickle_message_is_refused_and_dead_lettered_never_executed(worker, tmp_path, dead_letters, platform):
+    import uuid
+
+    from kombu import Exchange, Producer
+
+    marker = tmp_path / "pwned"
+    task_id = str(uuid.uuid4())
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with platform.connection_for_write() as connection:
+        producer = Producer(connection.default_channel, exchange=Exchange("jobs", type="direct"))
+        producer.publish(
+            [[Exploit()], {}, {}],
+            routing_key="default",
+            serializer="pickle",
+            headers={"task": "tests.record", "id": task_id, "lang": "py"},
+            delivery_mode=2,
+        )
+
+    message = dead_letters.find(task_id)
+    assert message.properties["content_type"] == "application/x-python-serialize"
+    assert not marker.exists(), "the pickle payload must never be deserialized"
+    healthy = str(tmp_path / "healthy")
+    assert finished(enqueue(tasks.record, healthy).id).state == JobState.SUCCEEDED
+
+
+def test_cancelled_job_is_acknowledged_without_running(worker, tmp_path):
+    from jobs.services import cancel_job
+
+    path = str(tmp_path / "out")
+    with transaction.atomic():
+        job = enqueue(tasks.record, path)
+        assert cancel_job(job.id)
+
+    wait_for(lambda: f"job={job.id} task=tests.record already cancelled" in worker.log(), message="the skip")
+    assert Job.objects.get(pk=job.id).state == JobState.CANCELLED
+    assert tasks.lines(path) == []

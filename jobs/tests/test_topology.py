@@ -1,0 +1,80 @@
+"""The topology, snapshotted: a rename that would strand queued messages fails here."""
+
+import pytest
+
+from jobs import topology
+
+REGISTERED_JOBS = {
+    # name: queue
+    "jobs.relay_pending_jobs": "default",
+}
+
+
+def test_registered_job_names_and_their_queues_are_stable(platform):
+    platform.loader.import_default_modules()
+    ours = {
+        name: task.queue
+        for name, task in platform.tasks.items()
+        if not name.startswith(("celery.", "tests."))
+    }
+    assert ours == REGISTERED_JOBS
+    assert set(ours.values()) <= set(topology.WORKLOAD_QUEUES)
+
+
+def test_workload_queues_are_priority_queues_that_dead_letter():
+    assert topology.WORKLOAD_QUEUES == ("default", "invoices", "emails", "cache")
+    for queue in topology.workload_queues():
+        assert queue.durable
+        assert queue.queue_arguments == {
+            "x-max-priority": topology.MAX_PRIORITY,
+            "x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE,
+        }
+    assert topology.DEAD_LETTER_QUEUE not in topology.WORKLOAD_QUEUES
+
+
+def test_verify_reports_drift_clearly_and_recreate_migrates_keeping_messages(platform):
+    from amqp import Message
+    from kombu import Queue
+
+    with platform.connection_for_write() as connection:
+        channel = connection.channel()
+        channel.queue_delete("cache")
+        # An old deployment declared `cache` without priorities or dead-lettering.
+        Queue("cache", durable=True)(channel).declare()
+        channel.basic_publish(Message(b"kept"), exchange="", routing_key="cache")
+        channel.close()
+        try:
+            reports = {r.name: r for r in topology.verify(connection)}
+            assert reports["cache"].status == "drift"
+            assert "inequivalent arg" in reports["cache"].detail
+            assert reports["default"].status == "ok"
+
+            assert topology.recreate(connection, "cache") == 1
+            reports = {r.name: r for r in topology.verify(connection)}
+            assert reports["cache"].status == "ok"
+            channel = connection.channel()
+            message = channel.basic_get("cache", no_ack=True)
+            channel.close()
+            assert message is not None and message.body == b"kept"
+
+            with pytest.raises(ValueError, match="not a queue of the topology"):
+                topology.recreate(connection, "nope")
+        finally:
+            topology.recreate(connection, "cache")
+
+
+def test_topology_command_reports_drift_as_a_sentence(platform):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+    from kombu import Queue
+
+    with platform.connection_for_write() as connection:
+        channel = connection.channel()
+        channel.queue_delete("emails")
+        Queue("emails", durable=True)(channel).declare()
+        channel.close()
+    try:
+        with pytest.raises(CommandError, match="--recreate emails"):
+            call_command("jobs_topology")
+    finally:
+        call_command("jobs_topology", "--recreate", "emails")
