@@ -63,7 +63,8 @@ def platform(broker_url, django_db_setup, django_db_blocker):
     app.conf.broker_url = broker_url
     cache_settings = {**settings.CACHES}
     cache_settings["default"] = {**cache_settings["default"], "KEY_PREFIX": f"test_{RUN_ID}"}
-    override = override_settings(CACHES=cache_settings)
+    # The test client speaks plain HTTP; production settings would redirect it to HTTPS.
+    override = override_settings(CACHES=cache_settings, SECURE_SSL_REDIRECT=False)
     override.enable()
     with app.connection_for_write() as connection:
         topology.declare(connection)

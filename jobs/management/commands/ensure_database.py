@@ -24,12 +24,14 @@ class Command(BaseCommand):
                 f"Cannot reach PostgreSQL at {db.get('HOST')}:{db.get('PORT')} ({exc}). "
                 "Is it running? Check DATABASE_URL."
             ) from None
-        conn.autocommit = True
-        with conn, conn.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]])
-            if cursor.fetchone():
-                self.stdout.write(f"database {db['NAME']} exists")
-                return
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
-        conn.close()
+        conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]])
+                if cursor.fetchone():
+                    self.stdout.write(f"database {db['NAME']} exists")
+                    return
+                cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+        finally:
+            conn.close()
         self.stdout.write(self.style.SUCCESS(f"created database {db['NAME']}"))

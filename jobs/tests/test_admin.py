@@ -1,0 +1,101 @@
+"""The job admin: history, search, and actions that only permitted staff may run."""
+
+import datetime
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+from django.utils import timezone
+
+from jobs import enqueue
+from jobs.models import Job, JobState
+from jobs.testing import wait_for
+from jobs.tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = reverse("admin:jobs_job_changelist")
+
+
+def staff(username: str, *codenames: str) -> User:
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def run_action(client, action: str, *job_ids):
+    return client.post(
+        CHANGELIST, {"action": action, "_selected_action": [str(i) for i in job_ids]}, follow=True
+    )
+
+
+def test_retry_action_runs_a_dead_job_again_as_a_new_attempt_of_the_same_row(worker, client, tmp_path):
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.fail_once, path)
+    wait_for(lambda: Job.objects.get(pk=job.id).state == JobState.DEAD, message="the job to die")
+    client.force_login(staff("operator", "view_job", "change_job"))
+
+    response = run_action(client, "retry_dead_jobs", job.id)
+
+    assert "1 job(s) retried." in response.content.decode()
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job.id, state=JobState.SUCCEEDED).first(), message="the retried job"
+    )
+    assert job.attempts == 2
+    assert tasks.lines(path) == ["fail", "ok"]
+
+
+def test_cancel_action_cancels_a_waiting_job_and_skips_a_finished_one(client, tmp_path):
+    later = timezone.now() + datetime.timedelta(hours=1)
+    waiting = enqueue(tasks.record, str(tmp_path / "a"), run_after=later)
+    done = Job.objects.create(task_name="tests.record", queue="default", priority=5, state=JobState.SUCCEEDED)
+    client.force_login(staff("operator", "view_job", "change_job"))
+
+    response = run_action(client, "cancel_jobs", waiting.id, done.id)
+
+    body = response.content.decode()
+    assert "1 job(s) cancelled." in body
+    assert "1 job(s) skipped: they had already started or finished." in body
+    assert Job.objects.get(pk=waiting.id).state == JobState.CANCELLED
+    assert Job.objects.get(pk=done.id).state == JobState.SUCCEEDED
+
+
+def test_staff_without_change_permission_cannot_act(client, tmp_path):
+    later = timezone.now() + datetime.timedelta(hours=1)
+    waiting = enqueue(tasks.record, str(tmp_path / "a"), run_after=later)
+    client.force_login(staff("viewer", "view_job"))
+
+    run_action(client, "cancel_jobs", waiting.id)
+
+    assert Job.objects.get(pk=waiting.id).state == JobState.PENDING
+
+
+def test_anonymous_users_are_sent_to_login(client):
+    response = client.get(CHANGELIST)
+    assert response.status_code == 302
+    assert reverse("admin:login") in response["Location"]
+
+
+def test_list_filters_search_by_id_and_detail_show_the_history(client, tmp_path):
+    job = Job.objects.create(
+        task_name="tests.fail",
+        queue="default",
+        priority=5,
+        state=JobState.DEAD,
+        attempts=3,
+        key="order-7",
+        last_error="ValueError: boom",
+        last_traceback="Traceback (most recent call last): ...",
+    )
+    other = Job.objects.create(task_name="tests.record", queue="cache", priority=5, state=JobState.SUCCEEDED)
+    client.force_login(staff("viewer", "view_job"))
+
+    by_id = client.get(CHANGELIST, {"q": str(job.id)}).content.decode()
+    by_key = client.get(CHANGELIST, {"q": "order-7"}).content.decode()
+    dead_only = client.get(CHANGELIST, {"state__exact": "dead"}).content.decode()
+    detail = client.get(reverse("admin:jobs_job_change", args=[job.id])).content.decode()
+
+    assert str(job.id) in by_id and str(other.id) not in by_id
+    assert str(job.id) in by_key and str(other.id) not in by_key
+    assert str(job.id) in dead_only and str(other.id) not in dead_only
+    assert "ValueError: boom" in detail and "Traceback" in detail and "order-7" in detail
