@@ -52,8 +52,14 @@ def broker_url():
         _rabbitmqctl("delete_vhost", VHOST)
 
 
+@pytest.fixture(scope="session")
+def media_root(tmp_path_factory):
+    """MEDIA_ROOT shared by this process and the workers it starts."""
+    return str(tmp_path_factory.mktemp("media"))
+
+
 @pytest.fixture(scope="session", autouse=True)
-def platform(broker_url, django_db_setup, django_db_blocker):
+def platform(broker_url, media_root, django_db_setup, django_db_blocker):
     """Points this process's Celery app and cache at the run's vhost and key prefix."""
     from django.test.utils import override_settings
 
@@ -64,7 +70,7 @@ def platform(broker_url, django_db_setup, django_db_blocker):
     cache_settings = {**settings.CACHES}
     cache_settings["default"] = {**cache_settings["default"], "KEY_PREFIX": f"test_{RUN_ID}"}
     # The test client speaks plain HTTP; production settings would redirect it to HTTPS.
-    override = override_settings(CACHES=cache_settings, SECURE_SSL_REDIRECT=False)
+    override = override_settings(CACHES=cache_settings, SECURE_SSL_REDIRECT=False, MEDIA_ROOT=media_root)
     override.enable()
     with app.connection_for_write() as connection:
         topology.declare(connection)
@@ -76,7 +82,7 @@ def platform(broker_url, django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session")
-def worker_env(broker_url, django_db_setup):
+def worker_env(broker_url, media_root, django_db_setup):
     from django.db import connection
 
     db = connection.settings_dict
@@ -90,6 +96,7 @@ def worker_env(broker_url, django_db_setup):
         "DATABASE_URL": f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": broker_url,
         "CACHE_KEY_PREFIX": f"test_{RUN_ID}",
+        "MEDIA_ROOT": media_root,
         "JOBS_MAX_LOST_RUNS": "2",
         "JOBS_LEASE_BUSY_RETRY_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",

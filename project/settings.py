@@ -131,6 +131,12 @@ EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="billing@example.com")
 
+# Invoices: the seller block printed on every invoice.
+INVOICE_SELLER_NAME = env.str("INVOICE_SELLER_NAME", default="Example Trading GmbH")
+INVOICE_SELLER_ADDRESS = env.str(
+    "INVOICE_SELLER_ADDRESS", default="Hauptstraße 1\n10115 Berlin\nGermany"
+).replace("\\n", "\n")
+
 # Production hardening; `manage.py check --deploy` is clean when DEBUG is off
 # and the site is served over HTTPS (DJANGO_SECURE_SSL_REDIRECT defaults on then).
 if not DEBUG:

@@ -6,6 +6,8 @@ from jobs import topology
 
 REGISTERED_JOBS = {
     # name: queue
+    "invoices.generate_pdf": "invoices",
+    "jobs.invalidate_cache": "cache",
     "jobs.relay_pending_jobs": "default",
 }
 

@@ -1,0 +1,24 @@
+from decimal import Decimal
+
+from invoices import services
+from invoices.models import Customer
+
+
+def make_customer(name: str = "Zofia Łukasiewicz-Müller", email: str = "zofia@example.com") -> Customer:
+    return Customer.objects.create(
+        name=name, email=email, billing_address="Straße des 17. Juni 1\n10623 Berlin"
+    )
+
+
+def make_invoice(customer: Customer | None = None, lines: int = 3, **kwargs):
+    customer = customer or make_customer()
+    rows = [
+        {
+            "description": f"Item {n} – café crème",
+            "quantity": Decimal(n + 1),
+            "unit_price": Decimal("10.01"),
+            "tax_rate": Decimal("0.20"),
+        }
+        for n in range(lines)
+    ]
+    return services.create_invoice(customer, rows, **kwargs)

@@ -1,0 +1,71 @@
+"""A customer's invoice list, as a page and as JSON, cached in Redis.
+
+The views only read and fill the cache; they never delete from it. Changes reach the
+cache through jobs.invalidate_cache (see invoices.receivers), which bumps the
+customer's cache namespace.
+"""
+
+import json
+import logging
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.cache import cache
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET
+
+from invoices import selectors
+from invoices.models import Customer
+from invoices.services import invoice_list_namespace
+from jobs.cache import namespaced_key
+
+logger = logging.getLogger(__name__)
+
+
+def _cached(namespace: str, key: str, build) -> tuple[str, str]:
+    """Returns (body, "HIT"|"MISS"|"BYPASS"); with Redis down, builds the page uncached."""
+    try:
+        cache_key = namespaced_key(namespace, key)
+        body = cache.get(cache_key)
+    except Exception as exc:  # noqa: BLE001 - a cache outage must not break the page
+        logger.warning("cache unavailable (%s); serving %s uncached", exc.__class__.__name__, namespace)
+        return build(), "BYPASS"
+    if body is not None:
+        return body, "HIT"
+    body = build()
+    try:
+        cache.set(cache_key, body)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("cache unavailable (%s); %s not cached", exc.__class__.__name__, namespace)
+    return body, "MISS"
+
+
+@staff_member_required
+@require_GET
+def customer_invoices(request, customer_id: int):
+    customer = get_object_or_404(Customer, pk=customer_id)
+
+    def build() -> str:
+        summary = selectors.customer_invoice_summary(customer.id)
+        return render_to_string("invoices/customer_invoices.html", {"customer": customer, **summary})
+
+    body, status = _cached(invoice_list_namespace(customer.id), "html", build)
+    response = HttpResponse(body)
+    response["X-Cache"] = status
+    return response
+
+
+@staff_member_required
+@require_GET
+def customer_invoices_json(request, customer_id: int):
+    if not Customer.objects.filter(pk=customer_id).exists():
+        raise Http404("No such customer.")
+
+    def build() -> str:
+        return json.dumps(selectors.customer_invoice_summary(customer_id))
+
+    body, status = _cached(invoice_list_namespace(customer_id), "json", build)
+    response = HttpResponse(body, content_type="application/json")
+    response["X-Cache"] = status
+    return response
