@@ -17,6 +17,7 @@ import pytest
 from django.conf import settings
 
 from jobs.testing import wait_for
+from jobs.testing.smtp import SMTPTestServer
 from jobs.testing.worker import WorkerProcess
 
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -58,8 +59,25 @@ def media_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("media"))
 
 
+@pytest.fixture(scope="session")
+def smtp_server():
+    """One real SMTP server for the run; the workers send to it."""
+    server = SMTPTestServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def smtp(smtp_server):
+    """The SMTP server, with a fresh script and nothing received."""
+    smtp_server.handler.reset()
+    return smtp_server.handler
+
+
 @pytest.fixture(scope="session", autouse=True)
-def platform(broker_url, media_root, django_db_setup, django_db_blocker):
+def platform(broker_url, media_root, smtp_server, django_db_setup, django_db_blocker):
     """Points this process's Celery app and cache at the run's vhost and key prefix."""
     from django.test.utils import override_settings
 
@@ -70,7 +88,13 @@ def platform(broker_url, media_root, django_db_setup, django_db_blocker):
     cache_settings = {**settings.CACHES}
     cache_settings["default"] = {**cache_settings["default"], "KEY_PREFIX": f"test_{RUN_ID}"}
     # The test client speaks plain HTTP; production settings would redirect it to HTTPS.
-    override = override_settings(CACHES=cache_settings, SECURE_SSL_REDIRECT=False, MEDIA_ROOT=media_root)
+    override = override_settings(
+        CACHES=cache_settings,
+        SECURE_SSL_REDIRECT=False,
+        MEDIA_ROOT=media_root,
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=smtp_server.port,
+    )
     override.enable()
     with app.connection_for_write() as connection:
         topology.declare(connection)
@@ -82,7 +106,7 @@ def platform(broker_url, media_root, django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session")
-def worker_env(broker_url, media_root, django_db_setup):
+def worker_env(broker_url, media_root, smtp_server, django_db_setup):
     from django.db import connection
 
     db = connection.settings_dict
@@ -97,6 +121,10 @@ def worker_env(broker_url, media_root, django_db_setup):
         "CELERY_BROKER_URL": broker_url,
         "CACHE_KEY_PREFIX": f"test_{RUN_ID}",
         "MEDIA_ROOT": media_root,
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": str(smtp_server.port),
+        "EMAILS_RETRY_BACKOFF_SECONDS": "0.2",
+        "EMAILS_RATE_LIMIT": "100/s",
         "JOBS_MAX_LOST_RUNS": "2",
         "JOBS_LEASE_BUSY_RETRY_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",

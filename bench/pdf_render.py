@@ -31,7 +31,9 @@ def document(lines: int) -> InvoiceDocument:
     for n in range(lines):
         quantity, price, rate = Decimal(n % 7 + 1), Decimal("19.99"), Decimal("0.20")
         rows.append(
-            DocumentLine(f"Łódź Straße item {n} – café", quantity, price, rate, line_amounts(quantity, price, rate).net)
+            DocumentLine(
+                f"Łódź Straße item {n} – café", quantity, price, rate, line_amounts(quantity, price, rate).net
+            )
         )
     return InvoiceDocument(
         number="INV-2026-000001",

@@ -59,7 +59,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     list_select_related = ["customer", "last_pdf_job"]
     readonly_fields = ["number", "pdf_job_state", "pdf_link", "pdf_generated_at", "totals_summary"]
     inlines = [InvoiceLineInline, InvoiceEventInline]
-    actions = ["generate_pdf", "generate_pdf_and_email", "refresh_cached_lists"]
+    actions = ["generate_pdf", "generate_pdf_and_email", "mark_paid", "refresh_cached_lists"]
     autocomplete_fields = ["customer"]
 
     def get_queryset(self, request):
@@ -135,6 +135,18 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.action(description="Generate PDF and email it", permissions=["change"])
     def generate_pdf_and_email(self, request, queryset):
         self._request_pdfs(request, queryset, email=True)
+
+    @admin.action(description="Mark as paid", permissions=["change"])
+    def mark_paid(self, request, queryset):
+        with transaction.atomic():
+            paid = sum(services.mark_paid(invoice) for invoice in queryset)
+        self.message_user(request, f"{paid} invoice(s) marked paid.", messages.SUCCESS)
+        if paid < len(queryset):
+            self.message_user(
+                request,
+                f"{len(queryset) - paid} skipped: only issued invoices can be paid.",
+                messages.WARNING,
+            )
 
     @admin.action(description="Refresh cached lists", permissions=["change"])
     def refresh_cached_lists(self, request, queryset):

@@ -21,7 +21,7 @@ from invoices.models import (
     InvoiceStatus,
 )
 from invoices.pdf import render_pdf
-from invoices.signals import pdf_ready
+from invoices.signals import invoice_paid, pdf_ready
 from invoices.storage import write_atomically
 from jobs.base import PermanentJobError
 from jobs.models import Job
@@ -187,3 +187,17 @@ def refresh_cached_lists(invoices: Iterable[Invoice]) -> int:
         for customer_id in customer_ids:
             invalidate_customer_invoice_lists(customer_id)
     return len(customer_ids)
+
+
+@transaction.atomic
+def mark_paid(invoice: Invoice) -> bool:
+    """Marks an issued invoice paid; False if it was not issued. Sends invoice_paid."""
+    moved = Invoice.objects.filter(pk=invoice.pk, status=InvoiceStatus.ISSUED).update(
+        status=InvoiceStatus.PAID
+    )
+    if not moved:
+        return False
+    invoice.status = InvoiceStatus.PAID
+    invalidate_customer_invoice_lists(invoice.customer_id)
+    invoice_paid.send(Invoice, invoice=invoice)
+    return True

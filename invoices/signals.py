@@ -8,3 +8,6 @@ from django.dispatch import Signal
 # emails app) enqueues its job there, so that job commits with the PDF; it must use an
 # idempotency key, because a redelivered PDF job sends the signal again.
 pdf_ready = Signal()
+
+# Sent inside the transaction that marks an invoice paid: sender=Invoice, invoice=<Invoice>.
+invoice_paid = Signal()

@@ -130,6 +130,7 @@ class JobTask(Task):
                     finished_at=timezone.now(),
                 )
                 logger.error("job=%s task=%s state=dead reason=poison lost_runs=%d", job_id, self.name, lost)
+                self._call_on_dead(job, error)
                 raise Reject(error, requeue=False)
             Job.objects.filter(pk=job_id).update(lost_runs=lost)
             logger.warning(
@@ -237,6 +238,16 @@ class JobTask(Task):
             (time.monotonic() - started) * 1000,
             _describe(exc),
         )
+        self._call_on_dead(job, _describe(exc))
+
+    def on_dead(self, job: Job, error: str) -> None:
+        """Hook for a task class: runs in the worker once the job is marked dead."""
+
+    def _call_on_dead(self, job: Job, error: str) -> None:
+        try:
+            self.on_dead(job, error)
+        except Exception:  # noqa: BLE001 - a hook must not change how the job ends
+            logger.exception("job=%s task=%s on_dead hook failed", job.id, self.name)
 
     def _send_again(
         self, countdown: float, retries: int, exc: BaseException | None = None, lease_busy: bool = False

@@ -182,6 +182,13 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Per-task settings from the environment. Celery's rate_limit holds per worker process.
+CELERY_TASK_ANNOTATIONS = {
+    "emails.send": {
+        "rate_limit": env.str("EMAILS_RATE_LIMIT", default="10/s"),
+        "retry_backoff": env.float("EMAILS_RETRY_BACKOFF_SECONDS", default=5.0),
+    },
+}
 
 # --- The platform (jobs/) -----------------------------------------------------------
 # A job whose worker died during this many of its runs is dead-lettered as poison.

@@ -1,6 +1,5 @@
 """Flower runs against the same broker, behind basic auth from the environment."""
 
-import socket
 import subprocess
 import sys
 
@@ -10,16 +9,10 @@ from django.conf import settings
 
 from jobs import enqueue
 from jobs.models import JobState
-from jobs.testing import wait_for
+from jobs.testing import free_port, wait_for
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

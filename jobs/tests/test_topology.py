@@ -6,6 +6,8 @@ from jobs import topology
 
 REGISTERED_JOBS = {
     # name: queue
+    "emails.send": "emails",
+    "emails.send_overdue_reminders": "default",
     "invoices.generate_pdf": "invoices",
     "jobs.invalidate_cache": "cache",
     "jobs.relay_pending_jobs": "default",

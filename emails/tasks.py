@@ -1,0 +1,25 @@
+"""Email jobs: thin callers of emails.services."""
+
+from emails import services
+from jobs.base import JobTask
+from jobs.topology import Workload
+from project.celery import app
+
+
+class SendEmailTask(JobTask):
+    def on_dead(self, job, error: str) -> None:
+        services.mark_failed(job.args[0], error)
+
+
+# Its rate limit and backoff come from settings (CELERY_TASK_ANNOTATIONS).
+@app.task(
+    base=SendEmailTask, name="emails.send", queue=Workload.EMAILS, max_retries=6, retry_backoff_max=600.0
+)
+def send_email(email_id: int) -> str:
+    return services.send_outgoing_email(email_id)
+
+
+@app.task(name="emails.send_overdue_reminders")
+def send_overdue_reminders() -> int:
+    """Daily (django-celery-beat): one reminder per overdue invoice per day."""
+    return services.queue_overdue_reminders()

@@ -1,0 +1,216 @@
+"""Email jobs against a real SMTP server (aiosmtpd) with a real worker."""
+
+import datetime
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+from django.urls import reverse
+
+from emails import services
+from emails.models import EmailStatus, EmailTemplate, OutgoingEmail
+from invoices import services as invoice_services
+from invoices.tests.factories import make_customer, make_invoice
+from jobs.models import Job, JobState
+from jobs.publisher import publish_jobs
+from jobs.testing import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def queue_test_email(**overrides) -> OutgoingEmail:
+    fields = {
+        "to": ["anna@example.com"],
+        "subject": "Hello",
+        "template": EmailTemplate.TEST,
+        "context": {"requested_by": "tests"},
+    }
+    return services.queue_email(**{**fields, **overrides})
+
+
+def job_finished(email: OutgoingEmail, timeout=30.0) -> Job:
+    return wait_for(
+        lambda: Job.objects.filter(pk=email.job_id, state__in=["succeeded", "dead"]).first(),
+        timeout,
+        message=f"the send job of email {email.id}",
+    )
+
+
+def test_invoice_pdf_is_emailed_with_its_attachment_intact(worker, smtp):
+    invoice = make_invoice(lines=2)
+
+    job = invoice_services.request_pdf(invoice, email=True)
+
+    message = wait_for(lambda: smtp.received, message="the invoice email")[0]
+    assert Job.objects.get(pk=job.id).state == JobState.SUCCEEDED
+    invoice.refresh_from_db()
+    email = OutgoingEmail.objects.get(template=EmailTemplate.INVOICE_ISSUED)
+    assert job_finished(email).state == JobState.SUCCEEDED
+    assert message["Message-ID"] == email.message_id
+    assert message["To"] == invoice.customer.email
+    assert message["Subject"] == f"Invoice {invoice.number}"
+    assert invoice.number in message.get_body(("plain",)).get_content()
+    assert "<strong>" in message.get_body(("html",)).get_content()
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_filename() == f"{invoice.number}.pdf"
+    with default_storage.open(invoice.pdf.name, "rb") as fh:
+        assert attachment.get_content() == fh.read()
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT and email.sent_at is not None
+
+
+def test_4xx_twice_then_success_delivers_exactly_one_message(worker, smtp):
+    smtp.reset(["451 4.3.0 mailbox busy, try later", "452 4.2.2 over quota for now"])
+    email = queue_test_email()
+
+    assert job_finished(email).state == JobState.SUCCEEDED
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert email.attempts == 3
+    assert len(smtp.by_message_id(email.message_id)) == 1
+    assert smtp.answers == ["451 4.3.0 mailbox busy, try later", "452 4.2.2 over quota for now", "accept"]
+
+
+def test_dropped_connection_is_retried(worker, smtp):
+    smtp.reset(["drop"])
+    email = queue_test_email()
+
+    assert job_finished(email).state == JobState.SUCCEEDED
+    email.refresh_from_db()
+    assert email.attempts == 2
+    assert len(smtp.by_message_id(email.message_id)) == 1
+
+
+def test_5xx_ends_dead_at_once_with_the_servers_reply(worker, smtp, dead_letters):
+    smtp.reset(["550 5.1.1 <anna@example.com>: recipient rejected"])
+    email = queue_test_email()
+
+    job = job_finished(email)
+
+    assert job.state == JobState.DEAD
+    assert job.attempts == 1
+    assert "550 5.1.1 <anna@example.com>: recipient rejected" in job.last_error
+    email.refresh_from_db()
+    assert email.status == EmailStatus.FAILED
+    assert "550 5.1.1" in email.last_error
+    assert smtp.answers == ["550 5.1.1 <anna@example.com>: recipient rejected"]
+    assert dead_letters.find(job.id)
+
+
+def test_redelivered_job_of_a_sent_email_sends_no_second_message(worker, smtp):
+    email = queue_test_email()
+    job = job_finished(email)
+    assert job.state == JobState.SUCCEEDED
+
+    Job.objects.filter(pk=job.id).update(state=JobState.QUEUED)  # as if the ack was lost
+    publish_jobs([job], force=True)
+
+    wait_for(
+        lambda: (
+            "already sent"
+            in str(
+                Job.objects.filter(pk=job.id, state=JobState.SUCCEEDED)
+                .values_list("result", flat=True)
+                .first()
+            )
+        ),
+        message="the redelivery to finish",
+    )
+    assert len(smtp.by_message_id(email.message_id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"subject": "Hi\r\nBcc: victim@example.com"}, "subject contains a line break"),
+        ({"to": ["anna@example.com\nBcc: victim@example.com"]}, "contains a line break"),
+        ({"reply_to": ["x@example.com\r\nX-Evil: 1"]}, "contains a line break"),
+        ({"to": ["not-an-address"]}, "not a valid to address"),
+        ({"to": []}, "at least one to address"),
+        ({"template": "nope"}, "Unknown email template"),
+    ],
+)
+def test_header_injection_and_bad_addresses_are_refused_before_any_job(fields, message):
+    with pytest.raises(services.EmailInputError, match=message):
+        queue_test_email(**fields)
+    assert OutgoingEmail.objects.count() == 0
+    assert Job.objects.count() == 0
+
+
+def test_overdue_reminders_are_sent_once_per_invoice_per_day(worker, smtp):
+    customer = make_customer()
+    today = datetime.date(2026, 11, 23)
+    overdue = make_invoice(customer, issue_date=today - datetime.timedelta(days=30))
+    make_invoice(customer, issue_date=today)  # not due yet
+
+    assert services.queue_overdue_reminders(today) == 1
+    assert services.queue_overdue_reminders(today) == 0
+    assert services.queue_overdue_reminders(today + datetime.timedelta(days=1)) == 1
+
+    reminders = OutgoingEmail.objects.filter(template=EmailTemplate.PAYMENT_REMINDER)
+    wait_for(lambda: reminders.filter(status=EmailStatus.SENT).count() == 2, message="two reminders")
+    assert {m["Subject"] for m in smtp.received} == {f"Reminder: invoice {overdue.number} is overdue"}
+    assert len(smtp.received) == 2
+
+
+@pytest.mark.django_db  # not transactional: the data migration's row is still there
+def test_overdue_reminder_schedule_is_a_beat_entry_editable_in_the_admin(admin_client):
+    from django_celery_beat.models import PeriodicTask
+
+    entry = PeriodicTask.objects.get(task="emails.send_overdue_reminders")
+    assert entry.crontab.hour == "8" and entry.enabled
+    page = admin_client.get(reverse("admin:django_celery_beat_periodictask_change", args=[entry.pk]))
+    assert page.status_code == 200 and "Daily overdue-invoice reminders" in page.content.decode()
+
+
+def test_payment_received_email_follows_mark_paid(worker, smtp):
+    invoice = make_invoice()
+    assert invoice_services.mark_paid(invoice)
+    assert not invoice_services.mark_paid(invoice), "paid once"
+
+    message = wait_for(lambda: smtp.received, message="the payment email")[0]
+    assert message["Subject"] == f"Payment received for invoice {invoice.number}"
+    assert OutgoingEmail.objects.filter(template=EmailTemplate.PAYMENT_RECEIVED).count() == 1
+
+
+def test_sending_is_throttled_by_the_configured_rate_limit(own_worker, worker_env, smtp):
+    own_worker.env = {**worker_env, "EMAILS_RATE_LIMIT": "4/s"}
+    own_worker.start()
+    emails = [queue_test_email(subject=f"Bulk {n}") for n in range(9)]
+
+    wait_for(lambda: len(smtp.received) == 9, timeout=30, message="nine emails")
+    sent = sorted(
+        OutgoingEmail.objects.filter(pk__in=[e.pk for e in emails]).values_list("sent_at", flat=True)
+    )
+    # 4 a second: the ninth cannot leave before two seconds after the first.
+    assert sent[-1] - sent[0] >= datetime.timedelta(seconds=1.5)
+
+
+def test_admin_preview_resend_and_test_email(worker, smtp, client):
+    admin_user = User.objects.create_superuser("boss", email="boss@example.com", password="pw")
+    client.force_login(admin_user)
+    email = queue_test_email()
+    job_finished(email)
+
+    detail = client.get(reverse("admin:emails_outgoingemail_change", args=[email.pk])).content.decode()
+    assert "If you can read it, SMTP delivery works." in detail and "srcdoc=" in detail
+
+    client.post(
+        reverse("admin:emails_outgoingemail_changelist"),
+        {"action": "resend", "_selected_action": [email.pk]},
+    )
+    copy = OutgoingEmail.objects.exclude(pk=email.pk).get()
+    assert copy.message_id != email.message_id and copy.subject == email.subject
+
+    send_test = reverse("admin:emails_outgoingemail_send_test")
+    assert client.get(send_test).status_code == 200
+    assert OutgoingEmail.objects.count() == 2, "a GET sends nothing"
+    client.post(send_test, {"to": "ops@example.com"})
+
+    wait_for(lambda: len(smtp.received) == 3, message="original, resend and test email")
+    assert sorted(m["To"] for m in smtp.received) == [
+        "anna@example.com",
+        "anna@example.com",
+        "ops@example.com",
+    ]
