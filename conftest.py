@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import uuid
 from urllib.parse import quote
 
@@ -39,6 +40,29 @@ def _drop_stale_vhosts() -> None:
         pid = name.removeprefix("jobs_test_").split("_")[0]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             _rabbitmqctl("delete_vhost", name)
+
+
+def _drop_stale_test_databases() -> None:
+    import psycopg2
+
+    db = settings.DATABASES["default"]
+    conn = psycopg2.connect(dbname="postgres", user=db["USER"], password=db["PASSWORD"] or None,
+                            host=db["HOST"], port=db["PORT"])  # fmt: skip
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'test_jobs_%%'")
+        for (name,) in cursor.fetchall():
+            pid = name.removeprefix("test_jobs_").split("_")[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings():
+    """A test database of this run's own, so two runs on one machine never collide."""
+    _drop_stale_test_databases()
+    settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = f"test_jobs_{RUN_ID}"
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +167,32 @@ def session_worker(worker_env, tmp_path_factory):
 
 @pytest.fixture
 def worker(session_worker):
-    """The shared worker (2 prefork processes, every workload queue), running."""
-    return session_worker.start()
+    """The shared worker (2 prefork processes, every workload queue), running.
+
+    After the test it waits (a little) for the worker to settle, so that no job of
+    this test is still in flight when the next test starts on a flushed database.
+    """
+    session_worker.start()
+    yield session_worker
+    _settle()
+
+
+def _settle(timeout: float = 15.0) -> None:
+    from django.db import connection
+
+    from jobs.models import Job, JobState
+
+    deadline = time.monotonic() + timeout
+    in_flight = [JobState.QUEUED, JobState.STARTED, JobState.RETRYING]
+    while time.monotonic() < deadline:
+        try:
+            if not Job.objects.filter(state__in=in_flight).exists():
+                return
+        except Exception:  # noqa: BLE001 - database access may be over for this test
+            return
+        finally:
+            connection.close()
+        time.sleep(0.1)
 
 
 @pytest.fixture

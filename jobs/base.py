@@ -32,7 +32,7 @@ import time
 import traceback
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connection
 from django.db.models import F
@@ -105,6 +105,14 @@ class JobTask(Task):
             connection.close()
             time.sleep(1.0)
             raise Reject(f"ledger unavailable: {exc}", requeue=True) from exc
+        except TaskPredicate:
+            raise  # Retry, Reject, Ignore: already decided, and the ledger written
+        except Exception as exc:
+            # Anything raised outside the task body (a soft time limit while waiting on
+            # a lock, a bug) makes Celery reject the message into the dead-letter
+            # queue: the ledger must say dead too, or the job would look alive forever.
+            self._force_dead(job_id, exc)
+            raise
 
     # -- phases ---------------------------------------------------------------------
 
@@ -194,6 +202,7 @@ class JobTask(Task):
             job.id,
             JobState.SUCCEEDED,
             only_from=[JobState.STARTED],
+            where={"attempts": job.attempts},  # this run's token
             result=_json_or_none(result),
             finished_at=timezone.now(),
         )
@@ -205,6 +214,7 @@ class JobTask(Task):
             job.id,
             JobState.RETRYING,
             only_from=[JobState.STARTED],
+            where={"attempts": job.attempts},  # this run's token
             last_error=_describe(exc),
             last_traceback=_traceback(exc),
             finished_at=timezone.now(),
@@ -225,6 +235,7 @@ class JobTask(Task):
             job.id,
             JobState.DEAD,
             only_from=[JobState.STARTED],
+            where={"attempts": job.attempts},  # this run's token
             last_error=_describe(exc),
             last_traceback=_traceback(exc),
             finished_at=timezone.now(),
@@ -239,6 +250,27 @@ class JobTask(Task):
             _describe(exc),
         )
         self._call_on_dead(job, _describe(exc))
+
+    def _force_dead(self, job_id, exc: BaseException) -> None:
+        try:
+            moved = ledger.transition(
+                job_id,
+                JobState.DEAD,
+                only_from=[JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING],
+                last_error=_describe(exc),
+                last_traceback=_traceback(exc),
+                finished_at=timezone.now(),
+            )
+        except Exception:  # noqa: BLE001 - the original error matters more
+            logger.exception("job=%s task=%s could not be marked dead", job_id, self.name)
+            return
+        if moved:
+            logger.error(
+                "job=%s task=%s state=dead reason=error outside the task body error=%s",
+                job_id,
+                self.name,
+                _describe(exc),
+            )
 
     def on_dead(self, job: Job, error: str) -> None:
         """Hook for a task class: runs in the worker once the job is marked dead."""
@@ -261,7 +293,8 @@ class JobTask(Task):
         """
         signature = self.signature_from_request(self.request, countdown=countdown, retries=retries)
         try:
-            signature.apply_async(retry=False)
+            timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+            signature.apply_async(retry=False, timeout=timeout, confirm_timeout=timeout)
         except Exception as publish_error:  # noqa: BLE001
             if lease_busy:
                 raise Reject("lease busy and the broker refused a new copy", requeue=True) from publish_error

@@ -29,12 +29,15 @@ def transition(
     target: JobState,
     *,
     only_from: Iterable[JobState] | None = None,
+    where: dict | None = None,
     **fields,
 ) -> int:
     """Moves the given jobs to `target` where the move is allowed; returns how many moved.
 
     `only_from` narrows the allowed sources further (for example, cancel only what
-    has not started). Extra `fields` are written in the same UPDATE (F() allowed).
+    has not started); `where` adds conditions (for example, the attempt a worker
+    runs, so a run that lost its lease cannot overwrite a newer one). Extra `fields`
+    are written in the same UPDATE (F() allowed).
     """
     sources = sources_of(target)
     if only_from is not None:
@@ -45,7 +48,8 @@ def transition(
         sources = [s for s in sources if s in wanted]
     if isinstance(job_ids, (str, uuid.UUID)):
         job_ids = [job_ids]
-    return Job.objects.filter(pk__in=list(job_ids), state__in=sources).update(state=target, **fields)
+    rows = Job.objects.filter(pk__in=list(job_ids), state__in=sources, **(where or {}))
+    return rows.update(state=target, **fields)
 
 
 def _lock_key(job_id: uuid.UUID | str) -> int:

@@ -90,3 +90,54 @@ class Job(models.Model):
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
+
+
+class DeadLetterState(models.TextChoices):
+    OPEN = "open", "Open"
+    REPLAYED = "replayed", "Replayed"
+    DISCARDED = "discarded", "Discarded"
+
+
+class DeadLetter(models.Model):
+    """A message RabbitMQ dead-lettered, kept by the dead-letter keeper (jobs.dead_letters).
+
+    Every message of the dead-letter queue becomes (or updates) a row, whether the
+    ledger knew it (a job that failed for good) or not (an unknown task name, an
+    undecodable or pickle body, a foreign publisher).
+    """
+
+    identity = models.CharField(
+        max_length=255, db_index=True, help_text="The task id, else the message id, else a hash of the body."
+    )
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters"
+    )
+    task_name = models.CharField(max_length=200, blank=True, db_index=True)
+    queue = models.CharField(max_length=200, blank=True, help_text="The queue it was dead-lettered from.")
+    exchange = models.CharField(max_length=200, blank=True)
+    routing_key = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(
+        max_length=32, blank=True, help_text="x-death reason: rejected, expired, maxlen..."
+    )
+    death_count = models.PositiveIntegerField(default=1, help_text="x-death count for that queue and reason.")
+    times_seen = models.PositiveIntegerField(default=1)
+    error = models.TextField(blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    body = models.TextField(blank=True)
+    body_encoding = models.CharField(
+        max_length=8, default="utf-8", help_text="utf-8, or base64 for binary bodies."
+    )
+    state = models.CharField(max_length=10, choices=DeadLetterState.choices, default=DeadLetterState.OPEN)
+    replay_count = models.PositiveIntegerField(default=0)
+    resolved_by = models.CharField(max_length=150, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-last_seen"]
+        indexes = [models.Index(fields=["state", "queue"], name="deadletter_state_queue_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name or self.identity} from {self.queue or '?'} ({self.state})"

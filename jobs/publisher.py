@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from django.conf import settings
 from django.utils import timezone
 
 from jobs import ledger
@@ -57,6 +58,8 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False) -> list[Job]:
                     priority=job.priority,
                     producer=producer,
                     retry=False,
+                    timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
+                    confirm_timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS,
                 )
                 published.append(job)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the job pending
@@ -67,12 +70,14 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False) -> list[Job]:
             exc.__class__.__name__,
             str(exc)[:200],
         )
-    if published:
-        # Only pending rows move: a worker may already have started one of them.
+    # Only rows still pending at the attempt that was published move: a worker may
+    # already have started one (or started, failed and put it back to pending).
+    now = timezone.now()
+    by_attempts: dict[int, list] = {}
+    for job in published:
+        by_attempts.setdefault(job.attempts, []).append(job.id)
+    for attempts, ids in by_attempts.items():
         ledger.transition(
-            [job.id for job in published],
-            JobState.QUEUED,
-            only_from=[JobState.PENDING],
-            queued_at=timezone.now(),
+            ids, JobState.QUEUED, only_from=[JobState.PENDING], where={"attempts": attempts}, queued_at=now
         )
     return published

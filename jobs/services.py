@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import inspect
 import json
 import uuid
@@ -158,31 +159,23 @@ def cancel_job(job_id: uuid.UUID | str) -> bool:
     )
 
 
-def invalidate_cache_on_commit(*, namespace: str | None = None, keys: tuple[str, ...] = ()) -> Job | None:
+def invalidate_cache_on_commit(*, namespace: str | None = None, keys: tuple[str, ...] = ()) -> Job:
     """Enqueues jobs.invalidate_cache for `namespace`/`keys`, once per transaction.
 
     Saving an invoice and its ten lines in one transaction asks ten times; one job is
-    enough. Returns the job, or None when this transaction already enqueued the same one.
+    enough. The job's idempotency key names the transaction (its PostgreSQL txid), so
+    asking again in the same transaction returns the same job, while a savepoint that
+    rolled the job back lets the next call enqueue it afresh.
     """
     from jobs.tasks import invalidate_cache
 
     if not keys and not namespace:
         raise EnqueueError("Name a cache namespace or keys to invalidate.")
-    connection = transaction.get_connection()
-    if connection.in_atomic_block:
-        with connection.cursor() as cursor:
+    key = None
+    if transaction.get_connection().in_atomic_block:
+        with transaction.get_connection().cursor() as cursor:
             cursor.execute("SELECT txid_current()")
             txid = cursor.fetchone()[0]
-        token = (connection.alias, txid, namespace, tuple(sorted(keys)))
-        if token in _invalidations_this_transaction:
-            return None
-        if len(_invalidations_this_transaction) > 10_000:  # leftovers of rolled-back transactions
-            _invalidations_this_transaction.clear()
-        _invalidations_this_transaction.add(token)
-        transaction.on_commit(functools.partial(_invalidations_this_transaction.discard, token))
-    return enqueue(invalidate_cache, keys=list(keys), namespace=namespace)
-
-
-# Tokens carry the transaction id, so an entry left by a rolled-back transaction
-# never matches a later one; the set is per process and stays small.
-_invalidations_this_transaction: set = set()
+        target = hashlib.sha256(json.dumps([namespace, sorted(keys)]).encode()).hexdigest()[:32]
+        key = f"cache-invalidation:{txid}:{target}"
+    return enqueue(invalidate_cache, keys=list(keys), namespace=namespace, key=key)

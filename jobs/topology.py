@@ -175,22 +175,29 @@ def verify(connection) -> list[QueueReport]:
 def recreate(connection, name: str) -> int:
     """Migrates queue `name` to the declared arguments, keeping its messages.
 
-    Moves every message to a temporary durable queue (with publisher confirms),
-    deletes and redeclares the queue, then moves the messages back. Returns how
-    many messages were carried over. Stop the workers that consume `name` first.
+    A durable holding queue takes over the queue's binding first, so messages
+    published during the migration are kept, not dropped as unroutable. Then the old
+    queue is drained into it (with publisher confirms), deleted only when empty,
+    declared anew, and the messages moved back. Returns how many messages were
+    carried over. Stop the workers that consume `name` first.
     """
     by_name = {q.name: q for q in [*workload_queues(), dead_letter_queue()]}
     if name not in by_name:
         raise ValueError(f"{name!r} is not a queue of the topology; known: {', '.join(by_name)}.")
+    queue = by_name[name]
+    exchange, routing_key = queue.exchange.name, queue.routing_key or ""
     holding = f"{name}.migrating"
     channel = connection.channel()
     try:
         channel.queue_declare(holding, durable=True, auto_delete=False)
+        channel.queue_bind(holding, exchange, routing_key)
+        channel.queue_unbind(name, exchange, routing_key)
         moved = _move_all(channel, name, holding)
-        channel.queue_delete(name)
-        by_name[name](channel).declare()
+        channel.queue_delete(name, if_empty=True)
+        queue(channel).declare()
+        channel.queue_unbind(holding, exchange, routing_key)
         _move_all(channel, holding, name)
-        channel.queue_delete(holding)
+        channel.queue_delete(holding, if_empty=True)
         return moved
     finally:
         _close_quietly(channel)

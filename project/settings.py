@@ -76,10 +76,16 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/jobs"),
 }
-# Workers and the relay keep their connection: the per-job advisory lock lives on it
-# and reconnecting per job would double the cost of a short job.
+# Web and relay processes keep their connection. (Celery's Django fixup closes a
+# worker's connection around every task, which also guarantees a job's advisory lock
+# never outlives it.)
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# TCP keepalives: a worker host that vanishes releases its job leases within about a
+# minute instead of the kernel's two hours.
+DATABASES["default"].setdefault("OPTIONS", {}).update(
+    {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -195,6 +201,9 @@ CELERY_TASK_ANNOTATIONS = {
 JOBS_MAX_LOST_RUNS = env.int("JOBS_MAX_LOST_RUNS", default=3)
 # Seconds before a copy that found the job's lease taken (a copy running elsewhere) looks again.
 JOBS_LEASE_BUSY_RETRY_SECONDS = env.float("JOBS_LEASE_BUSY_RETRY_SECONDS", default=5.0)
+# Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk
+# alarm blocks publishers); past it the job stays pending for the relay.
+JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=5.0)
 # Largest JSON payload (args + kwargs) that enqueue accepts.
 JOBS_MAX_PAYLOAD_BYTES = env.int("JOBS_MAX_PAYLOAD_BYTES", default=256 * 1024)
 # The relay leaves rows this young to the publish-on-commit path.

@@ -36,7 +36,8 @@ def test_workload_queues_are_priority_queues_that_dead_letter():
     assert topology.DEAD_LETTER_QUEUE not in topology.WORKLOAD_QUEUES
 
 
-def test_verify_reports_drift_clearly_and_recreate_migrates_keeping_messages(platform):
+def test_verify_reports_drift_clearly_and_recreate_migrates_keeping_messages(platform, own_worker):
+    # own_worker: the shared worker is stopped while its queues are deleted.
     from amqp import Message
     from kombu import Queue
 
@@ -67,7 +68,7 @@ def test_verify_reports_drift_clearly_and_recreate_migrates_keeping_messages(pla
             topology.recreate(connection, "cache")
 
 
-def test_topology_command_reports_drift_as_a_sentence(platform):
+def test_topology_command_reports_drift_as_a_sentence(platform, own_worker):
     from django.core.management import call_command
     from django.core.management.base import CommandError
     from kombu import Queue
