@@ -4,10 +4,11 @@ import json
 import uuid
 
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html
 
-from jobs import services
-from jobs.models import Job
+from jobs import dead_letters, services
+from jobs.models import DeadLetter, Job
 
 
 @admin.register(Job)
@@ -78,3 +79,78 @@ class JobAdmin(admin.ModelAdmin):
             self.message_user(request, f"{done} job(s) {verb}.", messages.SUCCESS)
         if total - done:
             self.message_user(request, f"{total - done} job(s) skipped: {why_not}.", messages.WARNING)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "task_name",
+        "queue",
+        "reason",
+        "state",
+        "death_count",
+        "times_seen",
+        "last_seen",
+        "job_link",
+    ]
+    list_filter = ["state", "queue", "reason", "task_name"]
+    search_fields = ["task_name", "identity", "error"]
+    search_help_text = "Task name, job / message id, or words of the error."
+    date_hierarchy = "last_seen"
+    actions = ["replay", "discard"]
+    fields = [
+        "task_name", "job_link", "identity", "state", "queue", "exchange", "routing_key", "reason",
+        "death_count", "times_seen", "first_seen", "last_seen", "error", "body_pretty", "body_encoding",
+        "headers_pretty", "properties_pretty", "replay_count", "resolved_by", "resolved_at",
+    ]  # fmt: skip
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Job")
+    def job_link(self, obj):
+        if obj.job_id is None:
+            return "- (not in the ledger)"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id
+        )
+
+    @admin.display(description="body")
+    def body_pretty(self, obj):
+        return format_html("<pre style='white-space:pre-wrap'>{}</pre>", obj.body[:20000])
+
+    @admin.display(description="headers")
+    def headers_pretty(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.headers, indent=2, default=str))
+
+    @admin.display(description="properties")
+    def properties_pretty(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.properties, indent=2, default=str))
+
+    @admin.action(description="Replay to the original queue", permissions=["change"])
+    def replay(self, request, queryset):
+        done, problems = 0, []
+        for pk in queryset.values_list("pk", flat=True):
+            try:
+                dead_letters.replay(pk, by=request.user.get_username())
+                done += 1
+            except dead_letters.ReplayError as exc:
+                problems.append(str(exc))
+        if done:
+            self.message_user(request, f"{done} dead letter(s) replayed.", messages.SUCCESS)
+        for problem in problems:
+            self.message_user(request, problem, messages.WARNING)
+
+    @admin.action(description="Discard", permissions=["change"])
+    def discard(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        done = sum(dead_letters.discard(pk, by=request.user.get_username()) for pk in ids)
+        self._report(request, done, len(ids))
+
+    def _report(self, request, done: int, total: int) -> None:
+        if done:
+            self.message_user(request, f"{done} dead letter(s) discarded.", messages.SUCCESS)
+        if total - done:
+            self.message_user(request, f"{total - done} skipped: they were not open.", messages.WARNING)

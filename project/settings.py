@@ -186,6 +186,8 @@ CELERY_TASK_TIME_LIMIT = None
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Dead-letters undecodable messages instead of acking them (jobs/worker.py).
+CELERY_WORKER_CONSUMER = "jobs.worker:DeadLetteringConsumer"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Per-task settings from the environment. Celery's rate_limit holds per worker process.

@@ -73,3 +73,10 @@ def exit_worker(path: str) -> None:
     """Poison: kills the worker process running it, every time."""
     _append(path, "start")
     os._exit(1)
+
+
+@app.task(name="tests.hang", soft_time_limit=1)
+def hang(path: str) -> None:
+    _append(path, "start")
+    time.sleep(60)
+    _append(path, "end")

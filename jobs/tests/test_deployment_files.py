@@ -35,7 +35,17 @@ def test_compose_workers_consume_every_workload_queue_and_never_the_dead_letters
 
 def test_compose_has_every_process_and_starts_it_when_its_services_are_healthy():
     services = compose()["services"]
-    for name in ["postgres", "rabbitmq", "redis", "mailpit", "web", "beat", "relay", "flower"]:
+    for name in [
+        "postgres",
+        "rabbitmq",
+        "redis",
+        "mailpit",
+        "web",
+        "beat",
+        "relay",
+        "dead-letter-keeper",
+        "flower",
+    ]:
         assert name in services
     assert services["rabbitmq"]["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
     assert "management" in services["rabbitmq"]["image"]
@@ -52,7 +62,7 @@ def test_procfile_runs_every_process_of_make_run():
     procfile = dict(
         line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
     )
-    assert set(procfile) >= {"web", "worker", "beat", "relay", "flower", "mail"}
+    assert set(procfile) >= {"web", "worker", "beat", "relay", "keeper", "flower", "mail"}
     assert queues_of(procfile["worker"]) == list(topology.WORKLOAD_QUEUES)
 
 
