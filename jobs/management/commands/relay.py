@@ -1,8 +1,7 @@
-import signal
-
 from django.core.management.base import BaseCommand
 
 from jobs.relay import relay_until_drained, run_relay_forever
+from jobs.shutdown import stop_requested_on_signal
 
 
 class Command(BaseCommand):
@@ -17,13 +16,5 @@ class Command(BaseCommand):
             sent = relay_until_drained()
             self.stdout.write(f"published {sent} pending job(s)")
             return
-        stopping = False
-
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         self.stdout.write("relay running; publishing pending jobs")
-        run_relay_forever(interval=interval, stop=lambda: stopping)
+        run_relay_forever(interval=interval, stop=stop_requested_on_signal())
