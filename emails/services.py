@@ -260,6 +260,19 @@ def queue_invoice_issued(invoice: Invoice, pdf_name: str, fingerprint: str) -> O
     )
 
 
+def email_issued_invoice(invoice_id: int) -> str:
+    """The "invoice issued" subscriber: waits for the current PDF, then queues the email."""
+    invoice = Invoice.objects.select_related("customer").filter(pk=invoice_id).first()
+    if invoice is None:
+        raise PermanentJobError(f"Invoice {invoice_id} does not exist; no email was queued.")
+    document = invoice_selectors.invoice_document(invoice)
+    fingerprint = invoice_selectors.document_fingerprint(document)
+    if invoice.pdf_fingerprint != fingerprint or not invoice.pdf:
+        raise TransientJobError(f"The PDF of invoice {invoice.number} is not stored yet; waiting for it.")
+    email = queue_invoice_issued(invoice, invoice.pdf.name, fingerprint)
+    return f"email {email.pk} queued"
+
+
 def queue_payment_received(invoice: Invoice) -> OutgoingEmail:
     return queue_email(
         to=[invoice.customer.email],

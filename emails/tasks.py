@@ -1,6 +1,8 @@
 """Email jobs: thin callers of emails.services."""
 
+import jobs
 from emails import services
+from invoices.services import INVOICE_ISSUED
 from jobs.base import JobTask
 from jobs.topology import Workload
 from project.celery import app
@@ -23,3 +25,10 @@ def send_email(email_id: int) -> str:
 def send_overdue_reminders() -> int:
     """Daily (django-celery-beat): one reminder per overdue invoice per day."""
     return services.queue_overdue_reminders()
+
+
+@jobs.subscribe(INVOICE_ISSUED)
+@app.task(name="emails.on_invoice_issued", queue=Workload.EMAILS, max_retries=12, retry_backoff=2.0)
+def email_issued_invoice(event_id: int, payload: dict) -> str:
+    """Emails the invoice once its PDF (made by another subscriber) is stored; retries until then."""
+    return services.email_issued_invoice(payload["invoice_id"])

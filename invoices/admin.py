@@ -59,7 +59,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     list_select_related = ["customer", "last_pdf_job"]
     readonly_fields = ["number", "pdf_job_state", "pdf_link", "pdf_generated_at", "totals_summary"]
     inlines = [InvoiceLineInline, InvoiceEventInline]
-    actions = ["generate_pdf", "generate_pdf_and_email", "mark_paid", "refresh_cached_lists"]
+    actions = ["issue", "generate_pdf", "generate_pdf_and_email", "mark_paid", "refresh_cached_lists"]
     autocomplete_fields = ["customer"]
 
     def get_queryset(self, request):
@@ -135,6 +135,18 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.action(description="Generate PDF and email it", permissions=["change"])
     def generate_pdf_and_email(self, request, queryset):
         self._request_pdfs(request, queryset, email=True)
+
+    @admin.action(description="Issue (PDF, refreshed lists and email follow)", permissions=["change"])
+    def issue(self, request, queryset):
+        with transaction.atomic():
+            issued = sum(services.issue_invoice(invoice) for invoice in queryset)
+        self.message_user(
+            request, f"{issued} invoice(s) issued; their PDFs and emails follow.", messages.SUCCESS
+        )
+        if issued < len(queryset):
+            self.message_user(
+                request, f"{len(queryset) - issued} skipped: only drafts can be issued.", messages.WARNING
+            )
 
     @admin.action(description="Mark as paid", permissions=["change"])
     def mark_paid(self, request, queryset):

@@ -24,7 +24,7 @@ from invoices.pdf import render_pdf
 from invoices.signals import invoice_paid, pdf_ready
 from invoices.storage import write_atomically
 from jobs.base import PermanentJobError
-from jobs.models import Job
+from jobs.models import Job, JobState
 from jobs.services import invalidate_cache_on_commit
 
 
@@ -81,7 +81,31 @@ def create_invoice(
     )
     record_event(invoice, InvoiceEventType.CREATED)
     invalidate_customer_invoice_lists(customer.id)
+    if invoice.status == InvoiceStatus.ISSUED:
+        publish_invoice_issued(invoice)
     return invoice
+
+
+INVOICE_ISSUED = "invoice.issued"
+
+
+def publish_invoice_issued(invoice: Invoice):
+    """The "invoice issued" event: its subscribers make the PDF, refresh lists, email it."""
+    return jobs.publish(INVOICE_ISSUED, {"invoice_id": invoice.id, "customer_id": invoice.customer_id})
+
+
+@transaction.atomic
+def issue_invoice(invoice: Invoice) -> bool:
+    """Issues a draft invoice (publishing "invoice.issued"); False if it was not a draft."""
+    moved = Invoice.objects.filter(pk=invoice.pk, status=InvoiceStatus.DRAFT).update(
+        status=InvoiceStatus.ISSUED
+    )
+    if not moved:
+        return False
+    invoice.status = InvoiceStatus.ISSUED
+    invalidate_customer_invoice_lists(invoice.customer_id)
+    publish_invoice_issued(invoice)
+    return True
 
 
 def invoice_list_namespace(customer_id: int) -> str:
@@ -181,11 +205,22 @@ def generate_pdf(invoice_id: int, *, email_to_customer: bool = False) -> str:
 
 
 def refresh_cached_lists(invoices: Iterable[Invoice]) -> int:
-    """Enqueues an invalidation of the invoice lists of these invoices' customers."""
+    """Enqueues an invalidation of the invoice lists of these invoices' customers.
+
+    A unique job per customer: clicking again while one waits adds nothing.
+    """
+    from jobs.tasks import invalidate_cache
+
     customer_ids = {invoice.customer_id for invoice in invoices}
     with transaction.atomic():
         for customer_id in customer_ids:
-            invalidate_customer_invoice_lists(customer_id)
+            namespace = invoice_list_namespace(customer_id)
+            jobs.enqueue(
+                invalidate_cache,
+                namespace=namespace,
+                unique_key=f"cache-refresh:{namespace}",
+                unique_states=(JobState.PENDING, JobState.QUEUED),
+            )
     return len(customer_ids)
 
 

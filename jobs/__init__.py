@@ -9,3 +9,17 @@ def enqueue(task, *args, **kwargs):
     from jobs.services import enqueue as _enqueue
 
     return _enqueue(task, *args, **kwargs)
+
+
+def publish(event_name: str, payload: dict | None = None):
+    """Shortcut for jobs.events.publish."""
+    from jobs.events import publish as _publish
+
+    return _publish(event_name, payload)
+
+
+def subscribe(event_name: str):
+    """Shortcut for jobs.events.subscribe (a decorator for a task)."""
+    from jobs.events import subscribe as _subscribe
+
+    return _subscribe(event_name)

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from jobs import dead_letters, services
-from jobs.models import DeadLetter, Job
+from jobs.models import DeadLetter, Event, Job
 
 
 @admin.register(Job)
@@ -154,3 +154,41 @@ class DeadLetterAdmin(admin.ModelAdmin):
             self.message_user(request, f"{done} dead letter(s) discarded.", messages.SUCCESS)
         if total - done:
             self.message_user(request, f"{total - done} skipped: they were not open.", messages.WARNING)
+
+
+class SubscriberJobInline(admin.TabularInline):
+    model = Job
+    fk_name = "event"
+    fields = ["job_link", "task_name", "state", "attempts", "last_error", "finished_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "subscriber jobs"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Job")
+    def job_link(self, obj):
+        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.pk]), obj.pk)
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "created_at", "subscriber_states"]
+    list_filter = ["name"]
+    search_fields = ["name"]
+    date_hierarchy = "created_at"
+    fields = ["name", "payload", "created_at"]
+    readonly_fields = fields
+    inlines = [SubscriberJobInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("jobs")
+
+    @admin.display(description="Subscribers")
+    def subscriber_states(self, obj):
+        return ", ".join(f"{job.task_name}: {job.state}" for job in obj.jobs.all()) or "-"

@@ -38,7 +38,7 @@ from django.db import DatabaseError, InterfaceError, connection
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import ledger
+from jobs import ledger, ratelimit
 from jobs.models import FINISHED_STATES, Job, JobState
 from jobs.topology import PriorityClass, Workload
 
@@ -72,11 +72,15 @@ class JobTask(Task):
     priority_class: its default priority class; enqueue may override.
     transient_errors: exception types that are retried with backoff.
     max_retries, retry_backoff, retry_backoff_max, retry_jitter: the retry policy.
+    global_rate_limit: at most that many starts per period across every worker;
+        jobs over it are delayed to the next period (JOBS_QUEUE_RATE_LIMITS does the
+        same per queue).
     """
 
     queue: str = Workload.DEFAULT.value
     priority_class: PriorityClass = PriorityClass.NORMAL
     transient_errors: tuple[type[BaseException], ...] = ()
+    global_rate_limit: str | None = None  # "10/s", "300/m": across all workers (jobs.ratelimit)
     max_retries = 5
     retry_backoff: float = 1.0
     retry_backoff_max: float = 600.0
@@ -92,7 +96,9 @@ class JobTask(Task):
                 if not taken:
                     self._log(job_id, "lease busy; another copy is running, looking again later")
                     self._send_again(
-                        settings.JOBS_LEASE_BUSY_RETRY_SECONDS, retries=request.retries, lease_busy=True
+                        settings.JOBS_LEASE_BUSY_RETRY_SECONDS,
+                        retries=request.retries,
+                        keep_message_on_failure=True,
                     )
                 job = self._begin(job_id, args, kwargs)
                 if job is None:
@@ -122,6 +128,7 @@ class JobTask(Task):
         if job.state in FINISHED_STATES:
             self._log(job_id, f"already {job.state}; acknowledged without running")
             return None
+        self._respect_rate_limits(job_id)
         if job.state == JobState.STARTED:
             lost = job.lost_runs + 1
             if lost >= settings.JOBS_MAX_LOST_RUNS:
@@ -157,6 +164,17 @@ class JobTask(Task):
             return None
         job.refresh_from_db()
         return job
+
+    def _respect_rate_limits(self, job_id) -> None:
+        limits = [(f"task:{self.name}", self.global_rate_limit)]
+        limits.append((f"queue:{self.queue}", settings.JOBS_QUEUE_RATE_LIMITS.get(str(self.queue))))
+        for name, rate in limits:
+            if not rate:
+                continue
+            wait = ratelimit.seconds_until_allowed(name, rate)
+            if wait:
+                self._log(job_id, f"over the {rate} limit of {name}; delayed {wait:.2f}s")
+                self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
 
     def _ledger_row(self, job_id: str, args, kwargs) -> Job:
         delivery = self.request.delivery_info or {}
@@ -282,22 +300,26 @@ class JobTask(Task):
             logger.exception("job=%s task=%s on_dead hook failed", job.id, self.name)
 
     def _send_again(
-        self, countdown: float, retries: int, exc: BaseException | None = None, lease_busy: bool = False
+        self,
+        countdown: float,
+        retries: int,
+        exc: BaseException | None = None,
+        keep_message_on_failure: bool = False,
     ):
         """Publishes this message again after `countdown` seconds and acks this copy.
 
         Raises Celery's Retry, which acknowledges the current delivery. If the new
         copy cannot be published, a retrying job goes back to `pending` with
         `run_after` set, for the relay to publish when the broker is back; a copy
-        that found the lease busy is requeued as it is.
+        that was only delayed (lease busy, rate limit) is requeued as it is.
         """
         signature = self.signature_from_request(self.request, countdown=countdown, retries=retries)
         try:
             timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
             signature.apply_async(retry=False, timeout=timeout, confirm_timeout=timeout)
         except Exception as publish_error:  # noqa: BLE001
-            if lease_busy:
-                raise Reject("lease busy and the broker refused a new copy", requeue=True) from publish_error
+            if keep_message_on_failure:
+                raise Reject("the broker refused a delayed copy; requeued", requeue=True) from publish_error
             ledger.transition(
                 self.request.id,
                 JobState.PENDING,

@@ -37,6 +37,22 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+# States in which a job is "the same job" for a uniqueness key: waiting or running.
+ACTIVE_STATES = (JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING)
+
+
+class Event(models.Model):
+    """Something that happened, published with jobs.publish; each subscriber runs as its own job."""
+
+    name = models.CharField(max_length=100, db_index=True)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
 
 
 class Job(models.Model):
@@ -58,12 +74,27 @@ class Job(models.Model):
         blank=True,
         help_text="Idempotency key: enqueuing the same key again returns this job.",
     )
+    unique_key = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="Uniqueness key: while this job waits or runs, an equal one returns it.",
+    )
     last_error = models.TextField(blank=True)
     last_traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     run_after = models.DateTimeField(
         null=True, blank=True, help_text="Not published before this time (retries, deferred jobs)."
+    )
+    event = models.ForeignKey(
+        Event,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text="Subscriber job of.",
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)

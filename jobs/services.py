@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from jobs import ledger
-from jobs.models import Job, JobState
+from jobs.models import ACTIVE_STATES, Job, JobState
 from jobs.publisher import publish_jobs
 from jobs.topology import WORKLOAD_QUEUES, PriorityClass
 
@@ -71,6 +71,8 @@ def enqueue(
     *args,
     priority: PriorityClass | str | None = None,
     key: str | None = None,
+    unique_key: str | None = None,
+    unique_states: tuple[str, ...] = ACTIVE_STATES,
     run_after: datetime.datetime | None = None,
     **kwargs,
 ) -> Job:
@@ -81,8 +83,12 @@ def enqueue(
       published at once.
     - It never fails or waits because of the broker or a worker: if publishing
       fails, the job stays `pending` and the relay publishes it later.
-    - With `key`, enqueuing the same key again (even concurrently) returns the job
-      that key already names, and publishes nothing new.
+    - With `key` (an idempotency key, forever), enqueuing the same key again (even
+      concurrently) returns the job that key already names, and publishes nothing new.
+    - With `unique_key`, enqueuing while a job with that key is in `unique_states`
+      (by default: pending, queued, started or retrying) returns that job; once it
+      has finished, the key is free again. Concurrent callers are serialized on a
+      transaction-scoped advisory lock, so two of them never both insert.
     - `run_after` defers the job: the relay publishes it once that time has come.
     - Bad input (unknown task, arguments that do not fit or are not JSON, too
       large) raises EnqueueError before anything is written.
@@ -100,6 +106,22 @@ def enqueue(
         existing = Job.objects.filter(key=key).first()
         if existing is not None:
             return existing
+    if unique_key is not None:
+        with transaction.atomic():
+            with transaction.get_connection().cursor() as cursor:
+                # Held until the caller's transaction ends: the next caller with this
+                # key waits, then sees this job (or, after a rollback, none).
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"unique:{unique_key}"]
+                )
+            existing = Job.objects.filter(unique_key=unique_key, state__in=unique_states).first()
+            if existing is not None:
+                return existing
+            return _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_key, run_after)
+    return _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_key, run_after)
+
+
+def _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_key, run_after) -> Job:
     job = Job(
         id=uuid.uuid4(),
         task_name=task.name,
@@ -108,6 +130,7 @@ def enqueue(
         queue=queue,
         priority=priority_class.value,
         key=key,
+        unique_key=unique_key or "",
         run_after=run_after,
     )
     try:

@@ -89,10 +89,11 @@ DATABASES["default"].setdefault("OPTIONS", {}).update(
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": env.str("REDIS_URL", default="redis://127.0.0.1:6379/0"),
+        "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="jobs"),
         "TIMEOUT": env.int("CACHE_TIMEOUT", default=300),
     }
@@ -190,10 +191,11 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CONSUMER = "jobs.worker:DeadLetteringConsumer"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Per-task settings from the environment. Celery's rate_limit holds per worker process.
+# Per-task settings from the environment. global_rate_limit holds across all workers
+# (jobs/ratelimit.py); Celery's own rate_limit would hold per worker process.
 CELERY_TASK_ANNOTATIONS = {
     "emails.send": {
-        "rate_limit": env.str("EMAILS_RATE_LIMIT", default="10/s"),
+        "global_rate_limit": env.str("EMAILS_RATE_LIMIT", default="10/s"),
         "retry_backoff": env.float("EMAILS_RETRY_BACKOFF_SECONDS", default=5.0),
     },
 }
@@ -206,6 +208,8 @@ JOBS_LEASE_BUSY_RETRY_SECONDS = env.float("JOBS_LEASE_BUSY_RETRY_SECONDS", defau
 # Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk
 # alarm blocks publishers); past it the job stays pending for the relay.
 JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=5.0)
+# Rate limits per workload queue across all workers, e.g. "emails=20/s,invoices=300/m".
+JOBS_QUEUE_RATE_LIMITS = env.dict("JOBS_QUEUE_RATE_LIMITS", default={})
 # Largest JSON payload (args + kwargs) that enqueue accepts.
 JOBS_MAX_PAYLOAD_BYTES = env.int("JOBS_MAX_PAYLOAD_BYTES", default=256 * 1024)
 # The relay leaves rows this young to the publish-on-commit path.

@@ -1,7 +1,7 @@
 from decimal import Decimal
 
 from invoices import services
-from invoices.models import Customer
+from invoices.models import Customer, InvoiceStatus
 
 
 def make_customer(name: str = "Zofia Łukasiewicz-Müller", email: str = "zofia@example.com") -> Customer:
@@ -10,7 +10,10 @@ def make_customer(name: str = "Zofia Łukasiewicz-Müller", email: str = "zofia@
     )
 
 
-def make_invoice(customer: Customer | None = None, lines: int = 3, **kwargs):
+def make_invoice(
+    customer: Customer | None = None, lines: int = 3, status: str = InvoiceStatus.DRAFT, **kwargs
+):
+    """A draft by default: issuing publishes "invoice.issued" (PDF, email), which most tests do not want."""
     customer = customer or make_customer()
     rows = [
         {
@@ -21,4 +24,4 @@ def make_invoice(customer: Customer | None = None, lines: int = 3, **kwargs):
         }
         for n in range(lines)
     ]
-    return services.create_invoice(customer, rows, **kwargs)
+    return services.create_invoice(customer, rows, status=status, **kwargs)

@@ -7,6 +7,7 @@ per job without sharing state with other tests.
 import os
 import time
 
+import jobs
 from jobs.base import TransientJobError
 from project.celery import app
 
@@ -80,3 +81,20 @@ def hang(path: str) -> None:
     _append(path, "start")
     time.sleep(60)
     _append(path, "end")
+
+
+@jobs.subscribe("tests.happened")
+@app.task(name="tests.subscriber_ok")
+def subscriber_ok(event_id: int, payload: dict) -> None:
+    _append(payload["path"], f"ok-{event_id}")
+
+
+@jobs.subscribe("tests.happened")
+@app.task(name="tests.subscriber_broken")
+def subscriber_broken(event_id: int, payload: dict) -> None:
+    raise ValueError("this subscriber is broken")
+
+
+@app.task(name="tests.limited", global_rate_limit="4/s")
+def limited(path: str, n: int) -> None:
+    _append(path, f"run-{n}")

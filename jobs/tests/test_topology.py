@@ -8,7 +8,10 @@ REGISTERED_JOBS = {
     # name: queue
     "emails.send": "emails",
     "emails.send_overdue_reminders": "default",
+    "emails.on_invoice_issued": "emails",
     "invoices.generate_pdf": "invoices",
+    "invoices.on_issued.generate_pdf": "invoices",
+    "invoices.on_issued.refresh_lists": "cache",
     "jobs.invalidate_cache": "cache",
     "jobs.relay_pending_jobs": "default",
 }
