@@ -4,15 +4,20 @@ import json
 import uuid
 
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
-from jobs import dead_letters, services
-from jobs.models import DeadLetter, Event, Job
+from jobs import dead_letters, launcher, selectors, services
+from jobs.models import DeadLetter, Event, Job, JobLaunch
 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
+    change_list_template = "admin/jobs/job/change_list.html"
     list_display = ["id", "task_name", "state", "queue", "priority", "attempts", "created_at", "duration_ms"]
     list_filter = ["state", "task_name", "queue"]
     search_fields = ["key", "task_name"]
@@ -34,6 +39,81 @@ class JobAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [f for fs in self.fieldsets for f in fs[1]["fields"]]
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("launch/", view(self.launch_view), name="jobs_job_launch"),
+            path("dashboard/", view(self.dashboard_view), name="jobs_job_dashboard"),
+            *super().get_urls(),
+        ]
+
+    def launch_view(self, request):
+        """Pick a job, fill its typed parameters, launch it. GET never launches."""
+        if not request.user.has_perm("jobs.launch_job"):
+            raise PermissionDenied
+        task_names = launcher.launchable_tasks()
+        task_name = request.POST.get("task") or request.GET.get("task")
+        form = None
+        if task_name:
+            if task_name not in task_names:
+                raise Http404(f"No job is registered as {task_name!r}.")
+            form = launcher.LaunchForm(task_name, request.POST or None)
+            if request.method == "POST" and form.is_valid():
+                try:
+                    job, created = launcher.launch(form, request.user)
+                except services.EnqueueError as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    note = "launched" if created else "was already launched by this form"
+                    self.message_user(request, f"Job {job.task_name} {note}.", messages.SUCCESS)
+                    return redirect("admin:jobs_job_change", job.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Launch a job",
+            "opts": self.model._meta,
+            "task_names": task_names,
+            "task_name": task_name,
+            "form": form,
+            "recent": JobLaunch.objects.select_related("job")[:10],
+        }
+        return TemplateResponse(request, "admin/jobs/job/launch.html", context)
+
+    def dashboard_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        throughput = selectors.throughput_last_hour()
+        peak = max((ok + dead for _, ok, dead in throughput), default=0) or 1
+        bars = [
+            {"x": i * 10, "ok": ok, "dead": dead, "h_ok": 100 * ok / peak, "h_dead": 100 * dead / peak,
+             "label": minute.strftime("%H:%M")}
+            for i, (minute, ok, dead) in enumerate(throughput)
+        ]  # fmt: skip
+        starts = {h.task: h for h in selectors.enqueue_to_start_histograms()}
+        runs = {h.task: h for h in selectors.run_time_histograms()}
+        latency = [
+            {
+                "task": task,
+                "count": runs[task].count if task in runs else 0,
+                "start_p50": selectors.percentile(starts[task], 0.5) if task in starts else None,
+                "start_p95": selectors.percentile(starts[task], 0.95) if task in starts else None,
+                "run_p50": selectors.percentile(runs[task], 0.5) if task in runs else None,
+                "run_p95": selectors.percentile(runs[task], 0.95) if task in runs else None,
+            }
+            for task in sorted(set(starts) | set(runs))
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Jobs dashboard",
+            "opts": self.model._meta,
+            "by_state": selectors.jobs_by_state_and_queue(),
+            "depths": selectors.queue_depths(),
+            "dead_letters": selectors.open_dead_letters(),
+            "latency": latency,
+            "bars": bars,
+            "finished_last_hour": sum(ok + dead for _, ok, dead in throughput),
+        }
+        return TemplateResponse(request, "admin/jobs/job/dashboard.html", context)
 
     def has_add_permission(self, request):
         return False
@@ -192,3 +272,20 @@ class EventAdmin(admin.ModelAdmin):
     @admin.display(description="Subscribers")
     def subscriber_states(self, obj):
         return ", ".join(f"{job.task_name}: {job.state}" for job in obj.jobs.all()) or "-"
+
+
+@admin.register(JobLaunch)
+class JobLaunchAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "username", "task_name", "priority", "job"]
+    list_filter = ["task_name", "username"]
+    fields = ["created_at", "username", "task_name", "kwargs", "priority", "job", "token"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -103,6 +103,7 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("launch_job", "Can launch jobs from the admin's job launcher")]
         indexes = [
             # The relay's scan: only pending rows, oldest first.
             models.Index(fields=["created_at"], name="job_pending_created_idx", condition=Q(state="pending")),
@@ -172,3 +173,23 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name or self.identity} from {self.queue or '?'} ({self.state})"
+
+
+class JobLaunch(models.Model):
+    """Audit of a job started by hand from the admin's job launcher: who, what, when."""
+
+    token = models.UUIDField(unique=True, help_text="One per launcher form: a double submit launches once.")
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150)
+    task_name = models.CharField(max_length=200)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    priority = models.CharField(max_length=10)
+    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="launches")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.username} launched {self.task_name} at {self.created_at:%Y-%m-%d %H:%M}"

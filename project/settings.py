@@ -218,6 +218,9 @@ JOBS_RELAY_INTERVAL_SECONDS = env.float("JOBS_RELAY_INTERVAL_SECONDS", default=2
 
 # Flower reads FLOWER_BASIC_AUTH itself; bin/dev sets a development default.
 
+# Bearer token for /metrics (Prometheus); without one, only staff sessions may read it.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
 
+from jobs.metrics import metrics_view
+
 
 def health(request):
     return JsonResponse({"ok": True})
@@ -10,5 +12,6 @@ def health(request):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("invoices.urls")),
 ]

@@ -1,0 +1,109 @@
+"""Reads of the platform: what the metrics endpoint and the dashboard show."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from django.db import connection
+from django.db.models import Count
+from django.utils import timezone
+
+from jobs import topology
+from jobs.models import DeadLetter, DeadLetterState, Job
+
+# Histogram buckets, in seconds, for enqueue-to-start latency and run time.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def jobs_by_state_and_queue() -> list[tuple[str, str, int]]:
+    rows = Job.objects.values_list("queue", "state").annotate(n=Count("id")).order_by("queue", "state")
+    return [(queue, state, n) for queue, state, n in rows]
+
+
+def queue_depths(timeout: float = 2.0) -> dict[str, int] | None:
+    """Messages ready in each queue of the topology, from RabbitMQ; None if unreachable."""
+    from project.celery import app
+
+    try:
+        with app.connection_for_read(connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            depths = {}
+            for name in [*topology.WORKLOAD_QUEUES, topology.DEAD_LETTER_QUEUE]:
+                depths[name] = channel.queue_declare(name, passive=True).message_count
+            channel.close()
+            return depths
+    except Exception:  # noqa: BLE001 - metrics report the broker as down instead
+        return None
+
+
+def open_dead_letters() -> int:
+    return DeadLetter.objects.filter(state=DeadLetterState.OPEN).count()
+
+
+@dataclass(frozen=True)
+class Histogram:
+    task: str
+    buckets: tuple[int, ...]  # cumulative counts, one per LATENCY_BUCKETS bound
+    count: int
+    total: float
+
+
+def _histograms(value_sql: str, where_sql: str) -> list[Histogram]:
+    # One pass over the ledger, bucketed in SQL: a scrape stays one query however
+    # many jobs there are (retention keeps the table bounded).
+    bucket_sql = ", ".join(f"count(*) FILTER (WHERE v <= {bound})" for bound in LATENCY_BUCKETS)
+    sql = (
+        f"SELECT task_name, {bucket_sql}, count(*), coalesce(sum(v), 0) FROM ("
+        f"  SELECT task_name, {value_sql} AS v FROM {Job._meta.db_table} WHERE {where_sql}"
+        f") t GROUP BY task_name ORDER BY task_name"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        rows = cursor.fetchall()
+    n = len(LATENCY_BUCKETS)
+    return [Histogram(row[0], tuple(row[1 : n + 1]), row[n + 1], float(row[n + 2])) for row in rows]
+
+
+def enqueue_to_start_histograms() -> list[Histogram]:
+    """Seconds from enqueue (the row's creation) to the latest start, per task."""
+    return _histograms(
+        "extract(epoch FROM started_at - created_at)",
+        "started_at IS NOT NULL AND run_after IS NULL",
+    )
+
+
+def run_time_histograms() -> list[Histogram]:
+    """Seconds from start to finish of finished runs, per task."""
+    return _histograms(
+        "extract(epoch FROM finished_at - started_at)",
+        "started_at IS NOT NULL AND finished_at IS NOT NULL AND state IN ('succeeded', 'dead')",
+    )
+
+
+def percentile(histogram: Histogram, q: float) -> float | None:
+    """The smallest bucket bound holding the q-quantile (an upper estimate)."""
+    if not histogram.count:
+        return None
+    target = q * histogram.count
+    for bound, cumulative in zip(LATENCY_BUCKETS, histogram.buckets, strict=True):
+        if cumulative >= target:
+            return bound
+    return float("inf")
+
+
+def throughput_last_hour(now: datetime.datetime | None = None) -> list[tuple[datetime.datetime, int, int]]:
+    """(minute, succeeded, dead) for each of the last 60 minutes, oldest first."""
+    now = now or timezone.now()
+    start = (now - datetime.timedelta(minutes=59)).replace(second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT date_trunc('minute', finished_at) AS m,"
+            " count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'dead')"
+            f" FROM {Job._meta.db_table} WHERE finished_at >= %s GROUP BY m",
+            [start],
+        )
+        by_minute = {minute: (ok, dead) for minute, ok, dead in cursor.fetchall()}
+    minutes = [start + datetime.timedelta(minutes=i) for i in range(60)]
+    return [(m, *by_minute.get(m, (0, 0))) for m in minutes]
