@@ -11,6 +11,13 @@ def enqueue(task, *args, **kwargs):
     return _enqueue(task, *args, **kwargs)
 
 
+def enqueue_many(task, calls, **kwargs):
+    """Shortcut for jobs.services.enqueue_many."""
+    from jobs.services import enqueue_many as _enqueue_many
+
+    return _enqueue_many(task, calls, **kwargs)
+
+
 def publish(event_name: str, payload: dict | None = None):
     """Shortcut for jobs.events.publish."""
     from jobs.events import publish as _publish

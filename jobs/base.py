@@ -162,7 +162,9 @@ class JobTask(Task):
         if not moved:
             # Cancelled (or finished) between the read and the update.
             return None
-        job.refresh_from_db()
+        # What the UPDATE just wrote, without reading the row again: under the lease
+        # nothing else writes these fields.
+        job.state, job.attempts = JobState.STARTED, job.attempts + 1
         return job
 
     def _respect_rate_limits(self, job_id) -> None:

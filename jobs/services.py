@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import uuid
+from collections.abc import Iterable
 
 from celery import Task
 from django.conf import settings
@@ -47,9 +48,9 @@ def resolve_task(task: Task | str) -> Task:
         ) from None
 
 
-def _check_payload(task: Task, args: tuple, kwargs: dict) -> None:
+def _check_payload(task: Task, args: tuple, kwargs: dict, signature: inspect.Signature | None = None) -> None:
     try:
-        inspect.signature(task.run).bind(*args, **kwargs)
+        (signature or inspect.signature(task.run)).bind(*args, **kwargs)
     except TypeError as exc:
         raise EnqueueError(f"Arguments do not fit job {task.name!r}: {exc}.") from None
     try:
@@ -133,17 +134,73 @@ def _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_k
         unique_key=unique_key or "",
         run_after=run_after,
     )
-    try:
-        with transaction.atomic():
-            job.save(force_insert=True)
-    except IntegrityError:
-        if key is None:
-            raise
-        # Another transaction took the key first (the insert waited for it to commit).
-        return Job.objects.get(key=key)
+    if key is None:
+        job.save(force_insert=True)  # a fresh uuid: nothing to collide with, no savepoint
+    else:
+        try:
+            with transaction.atomic():
+                job.save(force_insert=True)
+        except IntegrityError:
+            # Another transaction took the key first (the insert waited for it to commit).
+            return Job.objects.get(key=key)
     if run_after is None or run_after <= timezone.now():
         transaction.on_commit(functools.partial(publish_jobs, [job]), robust=True)
     return job
+
+
+def enqueue_many(
+    task: Task | str,
+    calls: Iterable[tuple | list | dict],
+    *,
+    priority: PriorityClass | str | None = None,
+    run_after: datetime.datetime | None = None,
+    publish_batch_size: int = 1000,
+) -> list[Job]:
+    """Records many jobs of one task in one statement per 2,000 rows; publishes after commit.
+
+    Each call is a tuple or list of positional arguments, or a dict of keyword
+    arguments. Every payload is checked before anything is written (one bad call
+    raises EnqueueError and writes nothing). After commit the jobs are published in
+    batches with many publisher confirms in flight and one wait per batch; a batch
+    that fails stays pending for the relay, like any job.
+    """
+    task = resolve_task(task)
+    try:
+        priority_class = PriorityClass.parse(priority) if priority is not None else task.priority_class
+    except ValueError as exc:
+        raise EnqueueError(str(exc)) from None
+    if task.queue not in WORKLOAD_QUEUES:
+        raise EnqueueError(f"Job {task.name!r} names queue {task.queue!r}, which is not in the topology.")
+    signature = inspect.signature(task.run)
+    jobs = []
+    for n, call in enumerate(calls):
+        args, kwargs = ((), dict(call)) if isinstance(call, dict) else (tuple(call), {})
+        try:
+            _check_payload(task, args, kwargs, signature)
+        except EnqueueError as exc:
+            raise EnqueueError(f"Call {n}: {exc}") from None
+        jobs.append(
+            Job(
+                id=uuid.uuid4(),
+                task_name=task.name,
+                args=list(args),
+                kwargs=kwargs,
+                queue=task.queue,
+                priority=priority_class.value,
+                run_after=run_after,
+            )
+        )
+    with transaction.atomic():
+        Job.objects.bulk_create(jobs, batch_size=2000)
+    if run_after is None or run_after <= timezone.now():
+        transaction.on_commit(functools.partial(_publish_in_batches, jobs, publish_batch_size), robust=True)
+    return jobs
+
+
+def _publish_in_batches(jobs: list[Job], size: int) -> None:
+    for start in range(0, len(jobs), size):
+        if not publish_jobs(jobs[start : start + size]):
+            return  # the broker refused: the rest waits for the relay too
 
 
 def retry_job(job_id: uuid.UUID | str) -> bool:

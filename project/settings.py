@@ -76,9 +76,10 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/jobs"),
 }
-# Web and relay processes keep their connection. (Celery's Django fixup closes a
-# worker's connection around every task, which also guarantees a job's advisory lock
-# never outlives it.)
+# Web and relay processes keep their connection. Celery's Django fixup would close a
+# worker's connection around every task (a reconnect per job); CELERY_DB_REUSE_MAX
+# below keeps it for that many tasks. A job's advisory lock is released explicitly
+# when it ends (jobs.ledger.lease), and the connection closed if that fails.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # TCP keepalives: a worker host that vanishes releases its job leases within about a
@@ -184,9 +185,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Soft limit only: a hard time limit requeues the message instead of dead-lettering it.
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=300)
 CELERY_TASK_TIME_LIMIT = None
-CELERY_TASK_SEND_SENT_EVENT = True
+# No "task-sent" event: it would be a second confirmed publish for every enqueue.
+# Flower still sees every job from the worker's received/started/succeeded events.
+CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Dead-letters undecodable messages instead of acking them (jobs/worker.py).
 CELERY_WORKER_CONSUMER = "jobs.worker:DeadLetteringConsumer"
 CELERY_TIMEZONE = TIME_ZONE

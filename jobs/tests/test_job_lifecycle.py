@@ -260,3 +260,25 @@ def test_cancelled_job_is_acknowledged_without_running(worker, tmp_path):
     wait_for(lambda: f"job={job.id} task=tests.record already cancelled" in worker.log(), message="the skip")
     assert Job.objects.get(pk=job.id).state == JobState.CANCELLED
     assert tasks.lines(path) == []
+
+
+def test_enqueue_many_records_and_publishes_a_batch_that_all_runs(worker, tmp_path):
+    from jobs import enqueue_many
+    from jobs.services import EnqueueError
+
+    path = str(tmp_path / "out")
+    with pytest.raises(EnqueueError, match="Call 2"):
+        enqueue_many(tasks.record, [(path, "a"), (path, "b"), (path, object())])
+    assert not Job.objects.exists()
+
+    with transaction.atomic():
+        jobs = enqueue_many(
+            tasks.record, [(path, str(n)) for n in range(300)] + [{"path": path, "value": "kw"}]
+        )
+        assert tasks.lines(path) == []
+
+    ids = [job.id for job in jobs]
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 301, message="the batch"
+    )
+    assert sorted(tasks.lines(path)) == sorted([str(n) for n in range(300)] + ["kw"])
