@@ -65,19 +65,23 @@ def test_operator_generates_and_downloads_an_invoice_pdf_in_a_real_browser(worke
     browser.find_element(By.NAME, "username").send_keys("operator")
     browser.find_element(By.NAME, "password").send_keys("a-long-test-password")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    assert "Site administration" in browser.title
+    wait_for(lambda: "Site administration" in browser.title, timeout=15, message="the admin index")
 
     browser.get(f"{live_server.url}/admin/invoices/invoice/")
     browser.find_element(By.CSS_SELECTOR, f"input[name=_selected_action][value='{invoice.pk}']").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("generate_pdf")
     browser.find_element(By.NAME, "index").click()
-    assert (
-        "PDF job(s) enqueued for 1 invoice(s)" in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    message = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "ul.messagelist"),
+        timeout=15,
+        message="the action's message",
     )
+    assert "PDF job(s) enqueued for 1 invoice(s)" in message[0].text
 
     def job_succeeded():
         browser.refresh()
-        return "Succeeded" in browser.find_element(By.ID, "result_list").text
+        table = browser.find_elements(By.ID, "result_list")
+        return table and "Succeeded" in table[0].text
 
     wait_for(job_succeeded, timeout=30, interval=0.5, message="the PDF job to show Succeeded")
     artifacts = Path(settings.BASE_DIR) / "var" / "test-artifacts"
