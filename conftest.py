@@ -12,12 +12,14 @@ import re
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 
 from jobs.testing import wait_for
+from jobs.testing.report import ReliabilityReport
 from jobs.testing.smtp import SMTPTestServer
 from jobs.testing.worker import WorkerProcess
 
@@ -245,3 +247,27 @@ class DeadLetterReader:
 @pytest.fixture(scope="session")
 def dead_letters(platform):
     return DeadLetterReader(platform)
+
+
+# -- the fault suite's report (docs/reliability.md) ------------------------------------
+
+_REPORT = ReliabilityReport()
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    """Fault tests record what they injected and saw; the table lands in docs/reliability.md."""
+    return _REPORT
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        _REPORT.outcome(item.name, report.passed)
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _REPORT.rows:
+        _REPORT.write(Path(settings.BASE_DIR) / "docs" / "reliability.md", "make test (pytest -m fault)")

@@ -11,4 +11,5 @@ urlpatterns = [
         views.customer_invoices_json,
         name="customer-invoices-json",
     ),
+    path("api/invoices/<int:invoice_id>/pdf", views.request_invoice_pdf, name="request-invoice-pdf"),
 ]

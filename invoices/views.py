@@ -10,13 +10,13 @@ import logging
 
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.cache import cache
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
-from invoices import selectors
-from invoices.models import Customer
+from invoices import selectors, services
+from invoices.models import Customer, Invoice
 from invoices.services import invoice_list_namespace
 from jobs.cache import namespaced_key
 
@@ -69,3 +69,16 @@ def customer_invoices_json(request, customer_id: int):
     response = HttpResponse(body, content_type="application/json")
     response["X-Cache"] = status
     return response
+
+
+@staff_member_required
+@require_POST
+def request_invoice_pdf(request, invoice_id: int):
+    """POST /api/invoices/<id>/pdf: enqueue the invoice's PDF job; 202 with the job.
+
+    Answers at once whatever the broker's state: the job is recorded in PostgreSQL
+    and published after commit, or later by the relay.
+    """
+    invoice = get_object_or_404(Invoice, pk=invoice_id)
+    job = services.request_pdf(invoice, email=request.POST.get("email") == "1")
+    return JsonResponse({"job": str(job.id), "state": job.state}, status=202)

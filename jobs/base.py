@@ -34,7 +34,7 @@ import traceback
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -206,9 +206,11 @@ class JobTask(Task):
             self._record_dead(job, exc, started, reason="soft time limit exceeded")
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is classified here
-            retryable = isinstance(exc, (TransientJobError, *self.transient_errors)) and not isinstance(
-                exc, PermanentJobError
-            )
+            # A lost database connection inside the body is transient for every job:
+            # the next attempt reconnects.
+            retryable = isinstance(
+                exc, (TransientJobError, OperationalError, InterfaceError, *self.transient_errors)
+            ) and not isinstance(exc, PermanentJobError)
             if retryable and self.request.retries < self.max_retries:
                 countdown = backoff_seconds(
                     self.request.retries, self.retry_backoff, self.retry_backoff_max, self.retry_jitter
@@ -218,7 +220,7 @@ class JobTask(Task):
             reason = "retries exhausted" if retryable else "permanent error"
             self._record_dead(job, exc, started, reason=reason)
             raise
-        ledger.transition(
+        self._write_ledger(
             job.id,
             JobState.SUCCEEDED,
             only_from=[JobState.STARTED],
@@ -230,7 +232,7 @@ class JobTask(Task):
         return result
 
     def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
-        ledger.transition(
+        self._write_ledger(
             job.id,
             JobState.RETRYING,
             only_from=[JobState.STARTED],
@@ -251,7 +253,7 @@ class JobTask(Task):
         )
 
     def _record_dead(self, job: Job, exc: BaseException, started: float, reason: str):
-        ledger.transition(
+        self._write_ledger(
             job.id,
             JobState.DEAD,
             only_from=[JobState.STARTED],
@@ -270,6 +272,25 @@ class JobTask(Task):
             _describe(exc),
         )
         self._call_on_dead(job, _describe(exc))
+
+    def _write_ledger(self, job_id, target: JobState, **kwargs) -> int:
+        """ledger.transition, retried on a fresh connection if the database dropped ours.
+
+        The job's own work is done (or failed) at this point: losing its outcome to a
+        killed connection would make it run again.
+        """
+        for attempt, pause in enumerate((0.2, 0.5, 1.0, 2.0, 4.0, None)):
+            try:
+                return ledger.transition(job_id, target, **kwargs)
+            except (OperationalError, InterfaceError):
+                if pause is None:
+                    raise
+                logger.warning(
+                    "job=%s task=%s ledger write failed; reconnecting (%d)", job_id, self.name, attempt + 1
+                )
+                connection.close()
+                time.sleep(pause)
+        return 0
 
     def _force_dead(self, job_id, exc: BaseException) -> None:
         try:

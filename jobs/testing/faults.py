@@ -1,0 +1,88 @@
+"""Fault injection on this machine's real services; every fault is undone in a finally.
+
+CI and the next session share these services, so each context manager restores the
+service whatever happens inside it, and waits until it answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg2
+from django.conf import settings
+
+BIN_SERVICES = Path(settings.BASE_DIR) / "bin" / "services"
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not happen within {timeout}s")
+        time.sleep(0.2)
+
+
+def _rabbitmqctl(*args: str, timeout: float = 120) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def rabbitmq_stopped():
+    """Stops the RabbitMQ application (`rabbitmqctl stop_app`); starts it again on exit."""
+    _rabbitmqctl("stop_app")
+    try:
+        _wait(lambda: not _port_open(5672), 30, "RabbitMQ closing its port")
+        yield
+    finally:
+        restore_rabbitmq()
+
+
+def restore_rabbitmq() -> None:
+    try:
+        _rabbitmqctl("start_app")
+    except subprocess.CalledProcessError:
+        subprocess.run([str(BIN_SERVICES)], check=True, timeout=180)
+    _rabbitmqctl("await_startup")
+    _wait(lambda: _port_open(5672), 60, "RabbitMQ listening again")
+
+
+@contextlib.contextmanager
+def redis_stopped():
+    """Shuts Redis down (`redis-cli shutdown nosave`); starts it again on exit (bin/services)."""
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30)
+    try:
+        _wait(lambda: not _port_open(6379), 30, "Redis stopping")
+        yield
+    finally:
+        subprocess.run([str(BIN_SERVICES)], check=True, timeout=180)
+        _wait(lambda: _port_open(6379), 30, "Redis listening again")
+
+
+def terminate_connections(database: str, keep: tuple[int, ...] = ()) -> int:
+    """pg_terminate_backend on the sessions of `database` (but `keep`); returns how many."""
+    db = settings.DATABASES["default"]
+    conn = psycopg2.connect(
+        dbname="postgres", user=db["USER"], password=db["PASSWORD"] or None, host=db["HOST"], port=db["PORT"]
+    )
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid() AND NOT (pid = ANY(%s))",
+                [database, list(keep) or [0]],
+            )
+            return cursor.fetchone()[0]
+    finally:
+        conn.close()
