@@ -6,7 +6,7 @@ run:
 
 # Runs the whole test suite against the real services (what CI runs).
 test:
-	bin/test
+	bin/test $(ARGS)
 
 lint:
 	.venv/bin/ruff check .

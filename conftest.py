@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -211,6 +212,25 @@ def own_worker(session_worker, worker_env, tmp_path):
         worker.kill()
 
 
+@pytest.fixture
+def keeper(worker_env, tmp_path):
+    """The real dead-letter keeper command, running for the test."""
+    log = open(tmp_path / "keeper.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "dead_letter_keeper"],
+        cwd=settings.BASE_DIR,
+        env=worker_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
+        log.close()
+
+
 class DeadLetterReader:
     """Reads the run's dead-letter queue, remembering what it took off it."""
 
@@ -269,5 +289,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _REPORT.rows:
-        _REPORT.write(Path(settings.BASE_DIR) / "docs" / "reliability.md", "make test (pytest -m fault)")
+    # Only a run of the whole fault suite rewrites the report, never a partial one.
+    scenarios = {row.number for row in _REPORT.rows.values()}
+    if {str(n) for n in range(1, 11)} <= scenarios:
+        _REPORT.write(Path(settings.BASE_DIR) / "docs" / "reliability.md", "make test")

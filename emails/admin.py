@@ -12,10 +12,11 @@ from django.utils.html import format_html
 
 from emails import services
 from emails.models import OutgoingEmail
+from jobs.admin_actions import StrictActionsMixin
 
 
 @admin.register(OutgoingEmail)
-class OutgoingEmailAdmin(admin.ModelAdmin):
+class OutgoingEmailAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_display = ["subject", "recipients", "template", "status", "attempts", "created_at", "sent_at"]
     list_filter = ["status", "template", "created_at"]
     search_fields = ["subject", "message_id"]

@@ -11,10 +11,11 @@ from django.utils.html import format_html
 from invoices import selectors, services
 from invoices.models import Customer, Invoice, InvoiceEvent, InvoiceLine
 from invoices.totals import compute_totals
+from jobs.admin_actions import StrictActionsMixin
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_display = ["name", "email", "invoice_list"]
     search_fields = ["name", "email"]
 
@@ -43,7 +44,7 @@ class InvoiceEventInline(admin.TabularInline):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(admin.ModelAdmin):
+class InvoiceAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_display = [
         "number",
         "customer",

@@ -12,11 +12,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from jobs import dead_letters, launcher, selectors, services
+from jobs.admin_actions import StrictActionsMixin
 from jobs.models import DeadLetter, Event, Job, JobLaunch
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     change_list_template = "admin/jobs/job/change_list.html"
     list_display = ["id", "task_name", "state", "queue", "priority", "attempts", "created_at", "duration_ms"]
     list_filter = ["state", "task_name", "queue"]
@@ -162,7 +163,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "task_name",

@@ -65,7 +65,7 @@ def test_invoices_created_at_once_get_distinct_consecutive_numbers():
     assert numbers == [f"INV-{year}-{n:06d}" for n in range(1, 41)]
 
 
-def test_pdf_names_come_from_the_id_and_cannot_leave_media_root(settings, tmp_path):
+def test_pdf_names_come_from_the_id_and_cannot_leave_media_root(settings, tmp_path, reliability):
     from django.core.exceptions import SuspiciousFileOperation
     from django.core.files.storage import FileSystemStorage
 
@@ -81,3 +81,10 @@ def test_pdf_names_come_from_the_id_and_cannot_leave_media_root(settings, tmp_pa
     write_atomically(storage, "invoices/1/a.pdf", b"%PDF")
     assert (tmp_path / "media/invoices/1/a.pdf").read_bytes() == b"%PDF"
     assert [p.name for p in (tmp_path / "media/invoices/1").iterdir()] == ["a.pdf"], "no temporary file left"
+    reliability.record(
+        "S6", "Generated file names cannot escape MEDIA_ROOT",
+        "PDF names built from an invoice id given as `../../etc`; a storage write of `../escaped.pdf`",
+        "the id is refused (not an integer); the write raises SuspiciousFileOperation and nothing is written "
+        "outside the storage root",
+        "test_pdf_names_come_from_the_id_and_cannot_leave_media_root",
+    )  # fmt: skip

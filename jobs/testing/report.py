@@ -30,9 +30,12 @@ class ReliabilityReport:
             self.rows[test].passed = passed
 
     def write(self, path: Path, command: str) -> None:
-        rows = sorted(
-            self.rows.values(), key=lambda r: [int(p) if p.isdigit() else p for p in r.number.split(".")]
-        )
+        def order(row: Row):
+            # Scenarios 1..10 first, in number order, then the security rows S1..S7.
+            digits = "".join(c for c in row.number if c.isdigit())
+            return (not row.number[0].isdigit(), int(digits or 0), row.number)
+
+        rows = sorted(self.rows.values(), key=order)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         lines = [
             "# Reliability under faults",

@@ -1,13 +1,10 @@
 """The dead-letter keeper, replay and discard, with a real worker, keeper and RabbitMQ."""
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
@@ -21,24 +18,6 @@ from jobs.testing import wait_for
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def keeper(worker_env, tmp_path):
-    log = open(tmp_path / "keeper.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "dead_letter_keeper"],
-        cwd=settings.BASE_DIR,
-        env=worker_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait(10)
-        log.close()
 
 
 def letter_of(identity, timeout=30.0) -> DeadLetter:

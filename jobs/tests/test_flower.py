@@ -44,7 +44,9 @@ def flower(worker_env, tmp_path):
         log.close()
 
 
-def test_flower_refuses_anonymous_calls_and_shows_workers_and_jobs_to_operators(worker, flower, tmp_path):
+def test_flower_refuses_anonymous_calls_and_shows_workers_and_jobs_to_operators(
+    worker, flower, tmp_path, reliability
+):
     auth = ("operator", "s3cret-flower")
 
     assert requests.get(f"{flower}/api/workers", timeout=5).status_code == 401
@@ -67,3 +69,9 @@ def test_flower_refuses_anonymous_calls_and_shows_workers_and_jobs_to_operators(
         message="Flower to list the finished job",
     )
     assert listed
+    reliability.record(
+        "S2", "Flower refuses anonymous access",
+        "Flower started with FLOWER_BASIC_AUTH; its API called without and with wrong credentials",
+        "401 both times; with the credentials it lists the worker and the finished job",
+        "test_flower_refuses_anonymous_calls_and_shows_workers_and_jobs_to_operators",
+    )  # fmt: skip

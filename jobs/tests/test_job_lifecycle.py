@@ -220,7 +220,9 @@ def test_enqueue_with_broker_unreachable_succeeds_and_the_relay_delivers_it_once
     assert tasks.lines(path) == ["ran"]
 
 
-def test_pickle_message_is_refused_and_dead_lettered_never_executed(worker, tmp_path, dead_letters, platform):
+def test_pickle_message_is_refused_and_dead_lettered_never_executed(
+    worker, tmp_path, dead_letters, platform, reliability
+):
     import uuid
 
     from kombu import Exchange, Producer
@@ -247,6 +249,12 @@ def test_pickle_message_is_refused_and_dead_lettered_never_executed(worker, tmp_
     assert not marker.exists(), "the pickle payload must never be deserialized"
     healthy = str(tmp_path / "healthy")
     assert finished(enqueue(tasks.record, healthy).id).state == JobState.SUCCEEDED
+    reliability.record(
+        "S1", "Only JSON is accepted",
+        "a pickle message whose payload would create a marker file, published to a workload queue",
+        "rejected undecoded into the dead-letter queue; the marker file stays absent; the next job succeeds",
+        "test_pickle_message_is_refused_and_dead_lettered_never_executed",
+    )  # fmt: skip
 
 
 def test_cancelled_job_is_acknowledged_without_running(worker, tmp_path):

@@ -81,7 +81,7 @@ def test_launcher_needs_its_permission(client):
 
 
 def test_metrics_refuse_anonymous_and_export_states_depth_latency_and_dead_letters(
-    worker, client, settings, tmp_path
+    worker, client, settings, tmp_path, reliability
 ):
     settings.METRICS_TOKEN = "scrape-secret"
     job = jobs.enqueue(tasks.record, str(tmp_path / "out"))
@@ -96,6 +96,12 @@ def test_metrics_refuse_anonymous_and_export_states_depth_latency_and_dead_lette
     assert "jobs_dead_letters_open 0.0" in body
     assert 'jobs_enqueue_to_start_seconds_count{task="tests.record"} 1.0' in body
     assert 'jobs_run_seconds_bucket{le="+Inf",task="tests.record"} 1.0' in body
+    reliability.record(
+        "S2b", "The metrics endpoint refuses anonymous access",
+        "`GET /metrics` without credentials and with a wrong Bearer token",
+        "401 both times; with METRICS_TOKEN it exports job states, queue depth, dead letters and latencies",
+        "test_metrics_refuse_anonymous_and_export_states_depth_latency_and_dead_letters",
+    )  # fmt: skip
 
 
 def test_dashboard_shows_the_same_numbers(worker, admin_client, tmp_path):

@@ -170,7 +170,9 @@ def test_rabbitmq_restart_while_1000_jobs_are_enqueued_and_consumed(worker, rela
     )  # fmt: skip
 
 
-def test_broker_down_for_20s_while_100_http_requests_enqueue(worker, relay, live_server, settings, reliability):
+def test_broker_down_for_20s_while_100_http_requests_enqueue(
+    worker, relay, live_server, settings, reliability
+):
     settings.CSRF_COOKIE_SECURE = settings.SESSION_COOKIE_SECURE = False  # the live server speaks plain HTTP
     User.objects.create_superuser("clerk", "clerk@example.com", "a-long-test-password")
     customer = make_customer()
