@@ -1,4 +1,4 @@
-.PHONY: run test lint format
+.PHONY: run test lint format bench
 
 # Brings the whole system up in the foreground: web, worker, beat, Flower, relay, mail catcher.
 run:
@@ -15,3 +15,11 @@ lint:
 format:
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
+
+# Benchmarks: bare Celery against the platform (prints a table, writes docs/performance.png),
+# then PDF rendering alone.
+bench:
+	bin/bootstrap
+	bin/services
+	.venv/bin/python bench/run.py $(ARGS)
+	.venv/bin/python bench/pdf_render.py

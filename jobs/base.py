@@ -6,7 +6,8 @@ job needs happens here, around it. The Celery app uses this class for every task
 
 What happens to one delivery of a job's message:
 
-1. Take the job's lease (jobs.ledger.lease). Held elsewhere? Another copy runs right
+1. Take the job's lease (jobs.ledger.Lease) and, in the same round trip, start the
+   job if it is waiting. Held elsewhere? Another copy runs right
    now: send this copy again a little later and ack it.
 2. Read the ledger row (a message the ledger never saw, from beat or `.delay()`,
    gets a row now). Finished already (a redelivery or a duplicate publish)? Ack,
@@ -91,19 +92,23 @@ class JobTask(Task):
         if request.called_directly or request.is_eager:
             return self.run(*args, **kwargs)
         job_id = request.id
+        lease = ledger.Lease(job_id)
         try:
-            with ledger.lease(job_id) as taken:
-                if not taken:
-                    self._log(job_id, "lease busy; another copy is running, looking again later")
-                    self._send_again(
-                        settings.JOBS_LEASE_BUSY_RETRY_SECONDS,
-                        retries=request.retries,
-                        keep_message_on_failure=True,
-                    )
+            self._respect_rate_limits(job_id)
+            # The hot path: one round trip takes the lease and starts a waiting job.
+            job = lease.take_and_start(request.hostname or "")
+            if not lease.held:
+                self._log(job_id, "lease busy; another copy is running, looking again later")
+                self._send_again(
+                    settings.JOBS_LEASE_BUSY_RETRY_SECONDS,
+                    retries=request.retries,
+                    keep_message_on_failure=True,
+                )
+            if job is None:
                 job = self._begin(job_id, args, kwargs)
                 if job is None:
                     raise Ignore()
-                return self._run_and_record(job, args, kwargs)
+            return self._run_and_record(job, args, kwargs, lease)
         except (DatabaseError, InterfaceError) as exc:
             # The ledger is unreachable: keep the message in RabbitMQ and try again.
             # A run already done is absorbed by the handler's own idempotency.
@@ -119,16 +124,18 @@ class JobTask(Task):
             # queue: the ledger must say dead too, or the job would look alive forever.
             self._force_dead(job_id, exc)
             raise
+        finally:
+            lease.release()
 
     # -- phases ---------------------------------------------------------------------
 
     def _begin(self, job_id: str, args, kwargs) -> Job | None:
-        """Checks the ledger under the lease; returns the job to run, or None to skip."""
+        """The slow path, under the lease: a finished job (skip), a run lost with its
+        worker (count it, maybe dead-letter it), a message the ledger never saw."""
         job = self._ledger_row(job_id, args, kwargs)
         if job.state in FINISHED_STATES:
             self._log(job_id, f"already {job.state}; acknowledged without running")
             return None
-        self._respect_rate_limits(job_id)
         if job.state == JobState.STARTED:
             lost = job.lost_runs + 1
             if lost >= settings.JOBS_MAX_LOST_RUNS:
@@ -194,7 +201,7 @@ class JobTask(Task):
         )
         return job
 
-    def _run_and_record(self, job: Job, args, kwargs):
+    def _run_and_record(self, job: Job, args, kwargs, lease: ledger.Lease):
         started = time.monotonic()
         try:
             result = self.run(*args, **kwargs)
@@ -220,14 +227,19 @@ class JobTask(Task):
             reason = "retries exhausted" if retryable else "permanent error"
             self._record_dead(job, exc, started, reason=reason)
             raise
-        self._write_ledger(
-            job.id,
-            JobState.SUCCEEDED,
-            only_from=[JobState.STARTED],
-            where={"attempts": job.attempts},  # this run's token
-            result=_json_or_none(result),
-            finished_at=timezone.now(),
-        )
+        try:
+            lease.succeed_and_release(job, _json_or_none(result))
+        except (OperationalError, InterfaceError):
+            # The connection died with the lease on it; record the outcome on a new one.
+            connection.close()
+            self._write_ledger(
+                job.id,
+                JobState.SUCCEEDED,
+                only_from=[JobState.STARTED],
+                where={"attempts": job.attempts},  # this run's token
+                result=_json_or_none(result),
+                finished_at=timezone.now(),
+            )
         self._log(job.id, "succeeded", started=started, attempt=job.attempts)
         return result
 

@@ -1,5 +1,10 @@
 """Moves jobs between ledger states, and the lease that keeps one copy running.
 
+The lease is a PostgreSQL session advisory lock on the job id, held by the worker
+process while the job runs. It vanishes with a dead worker's connection, so a
+redelivered copy can tell "the previous run is dead" (lease free) from "it is still
+running elsewhere" (lease held), which a ledger field alone cannot.
+
 `transition` is the one function that changes `Job.state`. It is a conditional
 UPDATE: two processes racing to move the same job cannot both win, and a move the
 table in jobs.models does not allow is refused rather than written.
@@ -7,11 +12,12 @@ table in jobs.models does not allow is refused rather than written.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from django.db import connection
+from django.utils import timezone
 
 from jobs.models import ALLOWED_TRANSITIONS, Job, JobState
 
@@ -52,31 +58,76 @@ def transition(
     return rows.update(state=target, **fields)
 
 
-def _lock_key(job_id: uuid.UUID | str) -> int:
+def lock_key(job_id: uuid.UUID | str) -> int:
     # PostgreSQL advisory locks take a signed 64-bit key: the UUID's first 8 bytes.
     return int.from_bytes(uuid.UUID(str(job_id)).bytes[:8], "big", signed=True)
 
 
-@contextlib.contextmanager
-def lease(job_id: uuid.UUID | str) -> Iterator[bool]:
-    """Holds the job's lease while the block runs; yields whether it was taken.
+class Lease:
+    """A job's lease as the worker holds it: taken with the job's start, given back
+    with its success, each in a single round trip on the hot path."""
 
-    The lease is a session advisory lock on this process's database connection.
-    It vanishes with the connection of a worker that dies, so a redelivered copy
-    can tell "the previous run is dead" (lease free) from "it is still running
-    elsewhere" (lease held), which a ledger field alone cannot.
-    """
-    key = _lock_key(job_id)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        taken = cursor.fetchone()[0]
-    try:
-        yield taken
-    finally:
-        if taken:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-            except Exception:  # noqa: BLE001
-                # A lease must never outlive its job on a reused connection.
-                connection.close()
+    def __init__(self, job_id: uuid.UUID | str):
+        self.job_id = job_id
+        self.key = lock_key(job_id)
+        self.held = False
+
+    def take_and_start(self, worker: str) -> Job | None:
+        """Takes the lease and, if the job waits (pending, queued or retrying), starts it.
+
+        Returns the started job, or None when the lease was busy (see `held`) or the
+        job is in any other state (finished, started by a dead run, unknown); the
+        caller then looks at the row itself, under the lease if `held`.
+        """
+        waiting = [s for s in sources_of(JobState.STARTED) if s != JobState.STARTED]
+        table = Job._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH lease AS (SELECT pg_try_advisory_lock(%s) AS taken), "
+                f"started AS (UPDATE {table} SET state = %s, attempts = attempts + 1, started_at = %s, "
+                f"finished_at = NULL, worker = %s WHERE id = %s AND state = ANY(%s) AND (SELECT taken FROM lease) "
+                f"RETURNING attempts, lost_runs, task_name, args, kwargs, queue, priority) "
+                f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
+                [self.key, JobState.STARTED, timezone.now(), worker, str(self.job_id), waiting],
+            )
+            taken, attempts, lost_runs, task_name, args, kwargs, queue, priority = cursor.fetchone()
+        self.held = bool(taken)
+        if attempts is None:
+            return None
+        return Job(
+            id=uuid.UUID(str(self.job_id)), state=JobState.STARTED, attempts=attempts, lost_runs=lost_runs,
+            task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
+        )  # fmt: skip
+
+    def succeed_and_release(self, job: Job, result) -> int:
+        """Marks this run succeeded (if it is still the running attempt) and releases the lease."""
+        table = Job._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH done AS (UPDATE {table} SET state = %s, result = %s::jsonb, finished_at = %s "
+                f"WHERE id = %s AND state = %s AND attempts = %s RETURNING 1) "
+                f"SELECT pg_advisory_unlock(%s), (SELECT count(*) FROM done)",
+                [JobState.SUCCEEDED, None if result is None else json.dumps(result), timezone.now(),
+                 str(job.id), JobState.STARTED, job.attempts, self.key],
+            )  # fmt: skip
+            moved = cursor.fetchone()[1]
+        self.held = False
+        return moved
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if connection.connection is None:
+            return  # the connection is gone, and the lock with it
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+        except Exception:  # noqa: BLE001
+            # A lease must never outlive its job on a reused connection.
+            connection.close()
+
+
+def _json(value):
+    # Django's psycopg2 backend hands jsonb back as text.
+    return json.loads(value) if isinstance(value, str) else value

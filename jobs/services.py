@@ -259,3 +259,33 @@ def invalidate_cache_on_commit(*, namespace: str | None = None, keys: tuple[str,
         target = hashlib.sha256(json.dumps([namespace, sorted(keys)]).encode()).hexdigest()[:32]
         key = f"cache-invalidation:{txid}:{target}"
     return enqueue(invalidate_cache, keys=list(keys), namespace=namespace, key=key)
+
+
+def prune_jobs(
+    older_than: datetime.timedelta,
+    states: tuple[str, ...] = (JobState.SUCCEEDED, JobState.CANCELLED),
+    batch_size: int = 10_000,
+) -> int:
+    """Deletes finished jobs created more than `older_than` ago, in batches; returns how many.
+
+    Only `states` are pruned (by default succeeded and cancelled: dead jobs stay for
+    operators until they are retried or pruned explicitly). Each batch is its own
+    short transaction, so pruning a large ledger never holds long locks.
+    """
+    unknown = set(states) - set(JobState.values)
+    if unknown:
+        raise ValueError(f"Unknown job states {sorted(unknown)}; use some of {', '.join(JobState.values)}.")
+    cutoff = timezone.now() - older_than
+    table = Job._meta.db_table
+    total = 0
+    while True:
+        with transaction.atomic(), transaction.get_connection().cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+                f"WHERE created_at < %s AND state = ANY(%s) LIMIT %s)",
+                [cutoff, list(states), batch_size],
+            )
+            deleted = cursor.rowcount
+        total += deleted
+        if deleted < batch_size:
+            return total

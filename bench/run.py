@@ -1,0 +1,407 @@
+"""`make bench`: bare Celery against the platform, in one run, on the same services.
+
+Uses its own RabbitMQ vhost and PostgreSQL database (both made afresh), the project's
+Celery settings (acks late, publisher confirms, prefetch 1, JSON) and a worker of 2
+prefork processes. Prints a table, writes bench/results/latest.json and a PNG chart
+of figures (a) to (d) to docs/performance.png.
+
+    .venv/bin/python bench/run.py [--jobs 5000] [--skip-ledger]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+VHOST = "jobs_bench"
+DATABASE = "jobs_bench"
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "0",  # production settings: no query log in the worker
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-bench-only-secret-key-bench-only",
+        "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
+        "CACHE_KEY_PREFIX": "bench",
+        "MEDIA_ROOT": tempfile.mkdtemp(prefix="jobs-bench-media-"),
+        "LOG_LEVEL": "WARNING",
+    }
+)
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, check=check, capture_output=True, text=True)
+
+
+def fresh_services() -> None:
+    sh("rabbitmqctl", "-q", "delete_vhost", VHOST, check=False)
+    sh("rabbitmqctl", "-q", "add_vhost", VHOST)
+    sh("rabbitmqctl", "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    import psycopg2
+
+    conn = psycopg2.connect(dbname="postgres", user="postgres", host="127.0.0.1", port=5432)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{DATABASE}"')
+    conn.close()
+    sh(sys.executable, "manage.py", "migrate", "--noinput")
+    sh(sys.executable, "manage.py", "jobs_topology")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Bench:
+    def __init__(self, jobs: int):
+        import django
+
+        django.setup()
+        from jobs.testing.worker import WorkerProcess
+        from project.celery import app
+
+        self.app = app
+        self.n = jobs
+        self.log_dir = Path(tempfile.mkdtemp(prefix="jobs-bench-logs-"))
+        self.worker = WorkerProcess(
+            dict(os.environ), self.log_dir, name="bench", concurrency=2, extra=["-I", "bench.tasks"]
+        )
+        self.results: dict[str, float] = {}
+
+    # -- helpers ------------------------------------------------------------------
+    def depth(self, queue: str = "default") -> int:
+        with self.app.connection_for_read() as conn:
+            channel = conn.channel()
+            count = channel.queue_declare(queue, passive=True).message_count
+            channel.close()
+            return count
+
+    def purge(self) -> None:
+        with self.app.connection_for_write() as conn:
+            channel = conn.channel()
+            for queue in ("default", "invoices"):
+                channel.queue_purge(queue)
+            channel.close()
+
+    def wait(self, predicate, timeout: float = 600.0, interval: float = 0.05) -> float:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError("benchmark step timed out")
+            time.sleep(interval)
+        return time.monotonic()
+
+    def ledger_done(self, ids) -> bool:
+        from jobs.models import Job, JobState
+
+        return Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == len(ids)
+
+    # -- (a) bare Celery ----------------------------------------------------------
+    def bare(self) -> None:
+        from bench.tasks import bare_noop
+
+        self.worker.stop()
+        self.purge()
+        for _ in range(200):  # warm the producer pool
+            bare_noop.apply_async(queue="default")
+        self.purge()
+        started = time.monotonic()
+        for _ in range(self.n):
+            bare_noop.apply_async(queue="default")
+        self.results["a_bare_enqueue_per_s"] = self.n / (time.monotonic() - started)
+        self.worker.start()
+        ready = time.monotonic()
+        end = self.wait(lambda: self.depth() == 0, interval=0.02)
+        self.results["a_bare_drain_per_s"] = self.n / (end - ready)
+
+    # -- (b) the same no-op on the platform ----------------------------------------
+    def platform(self) -> None:
+        import jobs
+        from bench.tasks import noop
+
+        self.worker.stop()
+        self.purge()
+        for _ in range(200):
+            jobs.enqueue(noop)
+        self.purge()
+        started = time.monotonic()
+        ids = [jobs.enqueue(noop).id for _ in range(self.n)]
+        self.results["b_platform_enqueue_per_s"] = self.n / (time.monotonic() - started)
+        self.worker.start()
+        ready = time.monotonic()
+        end = self.wait(lambda: self.ledger_done(ids), interval=0.1)
+        self.results["b_platform_drain_per_s"] = self.n / (end - ready)
+        self.results["b_drain_ratio"] = (
+            self.results["b_platform_drain_per_s"] / self.results["a_bare_drain_per_s"]
+        )
+        self.results["b_enqueue_ratio"] = (
+            self.results["b_platform_enqueue_per_s"] / self.results["a_bare_enqueue_per_s"]
+        )
+
+    # -- (c) enqueue latency inside a transaction ----------------------------------
+    def enqueue_latency(self, samples: int = 2000, prefix: str = "c") -> None:
+        from django.db import transaction
+
+        import jobs
+        from bench.tasks import noop
+
+        timings = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            with transaction.atomic():
+                jobs.enqueue(noop)
+            timings.append(time.perf_counter() - started)
+        self.results[f"{prefix}_enqueue_p50_ms"] = percentile(timings, 0.50) * 1000
+        self.results[f"{prefix}_enqueue_p99_ms"] = percentile(timings, 0.99) * 1000
+
+    # -- (d) idle enqueue-to-start --------------------------------------------------
+    def idle_latency(self, samples: int = 300) -> None:
+        import jobs
+        from bench.tasks import noop
+        from jobs.models import Job
+
+        self.worker.start()
+        self.wait(lambda: self.depth() == 0)
+        latencies = []
+        for _ in range(samples):
+            job = jobs.enqueue(noop)
+            self.wait(lambda j=job: Job.objects.filter(pk=j.id, state="succeeded").exists(), interval=0.002)
+            row = Job.objects.get(pk=job.id)
+            latencies.append((row.started_at - row.created_at).total_seconds())
+            time.sleep(0.01)
+        self.results["d_idle_start_p50_ms"] = percentile(latencies, 0.50) * 1000
+        self.results["d_idle_start_p99_ms"] = percentile(latencies, 0.99) * 1000
+
+    # -- bulk enqueue ------------------------------------------------------------------
+    def bulk(self, count: int = 10_000) -> None:
+        from django.db import transaction
+
+        import jobs
+        from bench.tasks import noop
+
+        self.worker.stop()
+        self.purge()
+        started = time.monotonic()
+        with transaction.atomic():
+            batch = jobs.enqueue_many(noop, [() for _ in range(count)])
+        elapsed = time.monotonic() - started  # commit and every publisher confirm included
+        from jobs.models import Job
+
+        queued = Job.objects.filter(pk__in=[j.id for j in batch], state="queued").count()
+        if queued != count:
+            raise RuntimeError(f"bulk enqueue: only {queued} of {count} confirmed")
+        self.results["g_bulk_enqueue_per_s"] = count / elapsed
+        self.purge()
+
+    # -- (e) PDF jobs -------------------------------------------------------------------
+    def pdfs(self, count: int = 300) -> None:
+        from decimal import Decimal
+
+        import jobs
+        from invoices import services
+        from invoices.models import Customer, InvoiceStatus
+        from invoices.tasks import generate_pdf
+
+        self.worker.stop()
+        customer = Customer.objects.create(name="Bench Łódź GmbH", email="bench@example.com")
+        lines = [
+            {"description": f"Item {n}", "quantity": Decimal(2), "unit_price": Decimal("9.99")}
+            for n in range(10)
+        ]
+        invoices = [
+            services.create_invoice(customer, lines, status=InvoiceStatus.DRAFT) for _ in range(count)
+        ]
+        batch = jobs.enqueue_many(generate_pdf, [(invoice.id,) for invoice in invoices])
+        ids = [j.id for j in batch]
+        self.worker.start()
+        ready = time.monotonic()
+        end = self.wait(lambda: self.ledger_done(ids), interval=0.1)
+        self.results["e_pdf_jobs_per_s"] = count / (end - ready)
+
+    # -- (f) ledger growth, retention, latency at 1M rows -----------------------------------
+    def ledger(self) -> None:
+        from django.core.management import call_command
+        from django.db import connection
+
+        from jobs.models import Job
+
+        self.worker.stop()
+        self.purge()
+
+        def size() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_total_relation_size('jobs_job')")
+                return cursor.fetchone()[0]
+
+        def fill(rows: int, days_ago: int) -> None:
+            # Rows as the platform leaves them: succeeded, with timings and a small payload.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO jobs_job (id, task_name, args, kwargs, queue, priority, state, attempts, lost_runs,"
+                    " last_error, last_traceback, worker, unique_key, created_at, queued_at, started_at, finished_at)"
+                    " SELECT gen_random_uuid(), 'invoices.generate_pdf', jsonb_build_array(g), '{}'::jsonb,"
+                    " 'invoices', 5, 'succeeded', 1, 0, '', '', 'celery@bench', '', t, t, t, t + interval '40 ms'"
+                    " FROM generate_series(1, %s) g, LATERAL (SELECT now() - make_interval(days => %s)"
+                    " - g * interval '1 second' AS t) ts",
+                    [rows, days_ago],
+                )
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE jobs_job")
+
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE jobs_job CASCADE")
+        before = size()
+        fill(100_000, 40)
+        self.results["f_rows_per_100k_jobs"] = 100_000
+        self.results["f_mb_per_100k_jobs"] = (size() - before) / 1e6
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE jobs_job CASCADE")
+        fill(10_000, 1)
+        self.enqueue_latency(samples=1000, prefix="f_10k")
+        fill(990_000, 40)
+        self.results["f_ledger_rows_at_1m"] = Job.objects.count()
+        self.enqueue_latency(samples=1000, prefix="f_1m")
+        self.results["f_p99_ratio_1m_vs_10k"] = (
+            self.results["f_1m_enqueue_p99_ms"] / self.results["f_10k_enqueue_p99_ms"]
+        )
+        self.results["f_p50_ratio_1m_vs_10k"] = (
+            self.results["f_1m_enqueue_p50_ms"] / self.results["f_10k_enqueue_p50_ms"]
+        )
+        started = time.monotonic()
+        call_command("prune_jobs", "--older-than", "30d", stdout=open(os.devnull, "w"))
+        self.results["f_prune_seconds"] = time.monotonic() - started
+        self.results["f_rows_after_prune_30d"] = Job.objects.count()
+        self.purge()
+
+    def close(self) -> None:
+        self.worker.kill()
+
+
+GOALS = [
+    ("b_drain_ratio", ">=", 0.8, "platform drain / bare drain"),
+    ("c_enqueue_p99_ms", "<=", 5.0, "enqueue p99, single job, in a transaction (ms)"),
+    ("d_idle_start_p99_ms", "<=", 10.0, "idle enqueue-to-start p99 (ms)"),
+    ("g_bulk_enqueue_per_s", ">=", 10_000, "bulk enqueue, 10,000 in one call (jobs/s)"),
+    ("f_p99_ratio_1m_vs_10k", "<=", 1.2, "enqueue p99 at 1M rows / at 10k rows"),
+]
+
+LABELS = [
+    ("a_bare_enqueue_per_s", "(a) bare Celery enqueue, jobs/s"),
+    ("a_bare_drain_per_s", "(a) bare Celery drain, 2 processes, jobs/s"),
+    ("b_platform_enqueue_per_s", "(b) platform enqueue (ledger + outbox), jobs/s"),
+    ("b_platform_drain_per_s", "(b) platform drain, 2 processes, jobs/s"),
+    ("b_enqueue_ratio", "(b) platform / bare, enqueue"),
+    ("b_drain_ratio", "(b) platform / bare, drain"),
+    ("c_enqueue_p50_ms", "(c) enqueue in a transaction, p50 ms"),
+    ("c_enqueue_p99_ms", "(c) enqueue in a transaction, p99 ms"),
+    ("d_idle_start_p50_ms", "(d) idle enqueue-to-start, p50 ms"),
+    ("d_idle_start_p99_ms", "(d) idle enqueue-to-start, p99 ms"),
+    ("e_pdf_jobs_per_s", "(e) PDF jobs (10 lines), 2 processes, jobs/s"),
+    ("g_bulk_enqueue_per_s", "bulk enqueue_many of 10,000, committed + confirmed, jobs/s"),
+    ("f_mb_per_100k_jobs", "(f) ledger size per 100k jobs, MB (table + indexes)"),
+    ("f_10k_enqueue_p50_ms", "(f) enqueue p50 at 10k ledger rows, ms"),
+    ("f_10k_enqueue_p99_ms", "(f) enqueue p99 at 10k ledger rows, ms"),
+    ("f_1m_enqueue_p50_ms", "(f) enqueue p50 at 1M ledger rows, ms"),
+    ("f_1m_enqueue_p99_ms", "(f) enqueue p99 at 1M ledger rows, ms"),
+    ("f_p99_ratio_1m_vs_10k", "(f) p99 at 1M / at 10k"),
+    ("f_prune_seconds", "(f) prune_jobs --older-than 30d, seconds"),
+    ("f_rows_after_prune_30d", "(f) ledger rows left after pruning"),
+]
+
+
+def report(results: dict, machine: str) -> str:
+    lines = [f"machine: {machine}", "", f"{'figure':58} {'value':>12}"]
+    for key, label in LABELS:
+        if key in results:
+            value = results[key]
+            text = f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+            lines.append(f"{label:58} {text:>12}")
+    lines += ["", "goals:"]
+    for key, op, goal, label in GOALS:
+        if key in results:
+            met = results[key] >= goal if op == ">=" else results[key] <= goal
+            lines.append(f"  {'met ' if met else 'MISS'}  {label}: {results[key]:,.2f} (goal {op} {goal:,})")
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    rates = [
+        ("enqueue", "a_bare_enqueue_per_s", "b_platform_enqueue_per_s"),
+        ("drain", "a_bare_drain_per_s", "b_platform_drain_per_s"),
+    ]
+    x = range(len(rates))
+    axes[0].bar([i - 0.2 for i in x], [results[b] for _, b, _ in rates], width=0.4, label="bare Celery")
+    axes[0].bar([i + 0.2 for i in x], [results[p] for _, _, p in rates], width=0.4, label="platform")
+    axes[0].set_xticks(list(x), [name for name, _, _ in rates])
+    axes[0].set_title("(a)/(b) jobs per second")
+    axes[0].legend()
+    axes[1].bar(["p50", "p99"], [results["c_enqueue_p50_ms"], results["c_enqueue_p99_ms"]], color="#417690")
+    axes[1].axhline(5, color="#ba2121", linestyle="--", label="goal p99 5 ms")
+    axes[1].set_title("(c) enqueue in a transaction, ms")
+    axes[1].legend()
+    axes[2].bar(
+        ["p50", "p99"], [results["d_idle_start_p50_ms"], results["d_idle_start_p99_ms"]], color="#417690"
+    )
+    axes[2].axhline(10, color="#ba2121", linestyle="--", label="goal p99 10 ms")
+    axes[2].set_title("(d) idle enqueue-to-start, ms")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs for (a) and (b)")
+    parser.add_argument(
+        "--skip-ledger", action="store_true", help="skip (f), the 1M-row step (about a minute)"
+    )
+    args = parser.parse_args()
+    fresh_services()
+    bench = Bench(args.jobs)
+    try:
+        bench.bare()
+        bench.platform()
+        bench.worker.stop()
+        bench.purge()
+        bench.enqueue_latency()
+        bench.purge()
+        bench.idle_latency()
+        bench.bulk()
+        bench.pdfs()
+        if not args.skip_ledger:
+            bench.ledger()
+    finally:
+        bench.close()
+    machine = f"{platform.node()}, {os.cpu_count()} cpu, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    results = dict(sorted(bench.results.items()))
+    print(report(results, machine))
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (out / "latest.json").write_text(
+        json.dumps({"when": stamp, "machine": machine, "jobs": args.jobs, **results}, indent=2)
+    )
+    chart(results, ROOT / "docs" / "performance.png")
+    print("\nwrote bench/results/latest.json and docs/performance.png")
+
+
+if __name__ == "__main__":
+    main()
