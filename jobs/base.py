@@ -251,6 +251,7 @@ class JobTask(Task):
             where={"attempts": job.attempts},  # this run's token
             last_error=_describe(exc),
             last_traceback=_traceback(exc),
+            last_error_class=_class_path(exc),
             finished_at=timezone.now(),
         )
         extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
@@ -272,6 +273,7 @@ class JobTask(Task):
             where={"attempts": job.attempts},  # this run's token
             last_error=_describe(exc),
             last_traceback=_traceback(exc),
+            last_error_class=_class_path(exc),
             finished_at=timezone.now(),
         )
         logger.error(
@@ -312,6 +314,7 @@ class JobTask(Task):
                 only_from=[JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING],
                 last_error=_describe(exc),
                 last_traceback=_traceback(exc),
+                last_error_class=_class_path(exc),
                 finished_at=timezone.now(),
             )
         except Exception:  # noqa: BLE001 - the original error matters more
@@ -382,6 +385,10 @@ class JobTask(Task):
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _class_path(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 def _traceback(exc: BaseException) -> str:

@@ -54,7 +54,14 @@ def transition(
         sources = [s for s in sources if s in wanted]
     if isinstance(job_ids, (str, uuid.UUID)):
         job_ids = [job_ids]
-    rows = Job.objects.filter(pk__in=list(job_ids), state__in=sources, **(where or {}))
+    job_ids = list(job_ids)
+    if len(job_ids) == 1:
+        rows = Job.objects.filter(pk=job_ids[0], state__in=sources, **(where or {}))
+    else:
+        # One array parameter, not thousands of placeholders, for a batch.
+        rows = Job.objects.filter(state__in=sources, **(where or {})).extra(
+            where=[f"{Job._meta.db_table}.id = ANY(%s::uuid[])"], params=[[str(i) for i in job_ids]]
+        )
     return rows.update(state=target, **fields)
 
 

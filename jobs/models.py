@@ -57,19 +57,18 @@ class Event(models.Model):
 
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    task_name = models.CharField(max_length=200, db_index=True)
+    task_name = models.CharField(max_length=200)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
-    queue = models.CharField(max_length=100, db_index=True)
+    queue = models.CharField(max_length=100)
     priority = models.PositiveSmallIntegerField()
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     attempts = models.PositiveIntegerField(default=0, help_text="Runs started, retries included.")
     lost_runs = models.PositiveSmallIntegerField(
         default=0, help_text="Runs whose worker died before they finished."
     )
-    key = models.CharField(
+    key = models.CharField(  # noqa: DJ001 - NULL is "no key"; the partial unique index skips it
         max_length=255,
-        unique=True,
         null=True,
         blank=True,
         help_text="Idempotency key: enqueuing the same key again returns this job.",
@@ -78,10 +77,12 @@ class Job(models.Model):
         max_length=255,
         blank=True,
         default="",
-        db_index=True,
         help_text="Uniqueness key: while this job waits or runs, an equal one returns it.",
     )
     last_error = models.TextField(blank=True)
+    last_error_class = models.CharField(
+        max_length=255, blank=True, help_text="Module path of the error's class."
+    )
     last_traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
@@ -94,6 +95,7 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="jobs",
+        db_index=False,  # a partial index below: most jobs belong to no event
         help_text="Subscriber job of.",
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -104,10 +106,16 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at"]
         permissions = [("launch_job", "Can launch jobs from the admin's job launcher")]
+        # Few indexes, partial where most rows have no value: every state change of a
+        # job rewrites the row, and every index on it is written again each time.
         indexes = [
             # The relay's scan: only pending rows, oldest first.
             models.Index(fields=["created_at"], name="job_pending_created_idx", condition=Q(state="pending")),
-            models.Index(fields=["state", "queue"], name="job_state_queue_idx"),
+            models.Index(fields=["unique_key"], name="job_unique_key_idx", condition=~Q(unique_key="")),
+            models.Index(fields=["event"], name="job_event_idx", condition=Q(event__isnull=False)),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["key"], name="job_key_unique", condition=Q(key__isnull=False)),
         ]
 
     def __str__(self) -> str:

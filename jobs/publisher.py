@@ -14,15 +14,17 @@ publishes them.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
 
 import amqp
+from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 from django.utils import timezone
-from kombu.serialization import dumps
 
 from jobs import ledger
 from jobs.models import Job, JobState
@@ -115,22 +117,48 @@ def _drop_channel() -> None:
         channel.close()
 
 
+@functools.cache
+def _origin() -> str:
+    return anon_nodename()
+
+
 def build_message(job: Job) -> amqp.Message:
-    """The Celery (protocol 2, JSON) message of a ledger row."""
-    app = _celery_app()
-    headers, properties, body, _ = app.amqp.as_task_v2(
-        str(job.id), job.task_name, args=job.args, kwargs=job.kwargs, ignore_result=True
-    )
-    content_type, content_encoding, data = dumps(body, serializer="json")
+    """The Celery message (protocol 2, JSON) of a ledger row.
+
+    The body and the headers a plain `send_task` carries, built directly and without
+    the headers whose value would be empty: at bulk rates Celery's generic builder and
+    the AMQP header table were most of the cost of publishing. Every test runs its
+    jobs through real workers with these messages.
+    """
+    task_id = str(job.id)
+    args, kwargs = list(job.args), dict(job.kwargs)
+    # Celery's worker reads every other protocol-2 header with a default (None, 0,
+    # no time limit), and the AMQP header table is most of the cost of a publish.
+    headers = {
+        "lang": "py",
+        "task": job.task_name,
+        "id": task_id,
+        "root_id": task_id,
+        "retries": 0,
+        "argsrepr": repr(tuple(args))[:1024],
+        "kwargsrepr": repr(kwargs)[:1024],
+        "origin": _origin(),
+        "ignore_result": True,
+    }
+    body = json.dumps([args, kwargs, _EMBED]).encode()
     return amqp.Message(
-        data,
-        content_type=content_type,
-        content_encoding=content_encoding,
+        body,
+        content_type="application/json",
+        content_encoding="utf-8",
         application_headers=headers,
         delivery_mode=2,
         priority=job.priority,
-        **properties,
+        correlation_id=task_id,
+        reply_to="",
     )
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def publish_jobs(jobs: Sequence[Job], *, force: bool = False) -> list[Job]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import functools
 import hashlib
 import inspect
+import io
 import json
 import uuid
 from collections.abc import Iterable
@@ -190,11 +192,35 @@ def enqueue_many(
                 run_after=run_after,
             )
         )
-    with transaction.atomic():
-        Job.objects.bulk_create(jobs, batch_size=2000)
+    _insert_rows(jobs)
     if run_after is None or run_after <= timezone.now():
         transaction.on_commit(functools.partial(_publish_in_batches, jobs, publish_batch_size), robust=True)
     return jobs
+
+
+def _insert_rows(jobs: list[Job]) -> None:
+    # COPY, with the JSON already encoded: at bulk sizes Django's bulk_create spent
+    # most of its time preparing fields row by row, and COPY beats a VALUES list.
+    now = timezone.now()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)  # "" is an empty string, not NULL
+    for job in jobs:
+        job.created_at = now
+        run_after = job.run_after.isoformat() if job.run_after else None
+        writer.writerow(
+            [str(job.id), job.task_name, json.dumps(job.args), json.dumps(job.kwargs), job.queue, job.priority,
+             run_after, now.isoformat(), JobState.PENDING, 0, 0, "", "", "", ""]
+        )  # fmt: skip
+    buffer.seek(0)
+    columns = (
+        "id, task_name, args, kwargs, queue, priority, run_after, created_at, state, attempts, lost_runs,"
+        " last_error, last_traceback, worker, unique_key"
+    )
+    with transaction.atomic(), transaction.get_connection().cursor() as cursor:
+        cursor.cursor.copy_expert(
+            f"COPY {Job._meta.db_table} ({columns}) FROM STDIN WITH (FORMAT csv, FORCE_NULL (run_after))",
+            buffer,
+        )
 
 
 def _publish_in_batches(jobs: list[Job], size: int) -> None:

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "django_tasks",
     "jobs",
     "invoices",
     "emails",
@@ -203,6 +204,9 @@ CELERY_TASK_ANNOTATIONS = {
         "retry_backoff": env.float("EMAILS_RETRY_BACKOFF_SECONDS", default=5.0),
     },
 }
+
+# Django's task API (django_tasks, what Django 6 ships as django.tasks) runs on the platform.
+TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
 
 # --- The platform (jobs/) -----------------------------------------------------------
 # A job whose worker died during this many of its runs is dead-lettered as poison.

@@ -98,3 +98,6 @@ def subscriber_broken(event_id: int, payload: dict) -> None:
 @app.task(name="tests.limited", global_rate_limit="4/s")
 def limited(path: str, n: int) -> None:
     _append(path, f"run-{n}")
+
+
+from jobs.tests import dj_tasks  # noqa: E402,F401 - Django @task functions, registered on the worker too

@@ -1,0 +1,195 @@
+"""A backend for Django's task API (`django.tasks`, here the `django_tasks` package that
+Django 6 took it from, since Django 6 needs Python 3.12) that runs tasks on this
+platform: the ledger, the outbox, Celery workers, retries and dead letters.
+
+    TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
+
+    from django_tasks import task
+
+    @task(queue_name="cache", priority=50)
+    def invalidate(namespace: str) -> None: ...
+
+    invalidate.enqueue("customer-invoices:7")          # after commit, like jobs.enqueue
+
+Each Django task becomes a Celery task of the same name (its module path) on the
+platform's base class, registered when the task is declared; workers find it through
+the app's `tasks` modules, as they find every job. What the API allows and the
+platform cannot honour is refused when the task is declared or enqueued:
+coroutine tasks, queue names that are not workload queues, arguments that are not
+JSON, and return values that are not JSON (the job ends dead, saying so).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+
+from django.core.exceptions import ValidationError
+from django.utils.module_loading import import_string
+from django_tasks import TaskContext, TaskResult, TaskResultStatus
+from django_tasks.backends.base import BaseTaskBackend
+from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
+from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
+from django_tasks.signals import task_enqueued, task_finished, task_started
+
+from jobs.base import JobTask, PermanentJobError
+from jobs.models import Job, JobState
+from jobs.topology import WORKLOAD_QUEUES, PriorityClass
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {
+    JobState.PENDING: TaskResultStatus.READY,
+    JobState.QUEUED: TaskResultStatus.READY,
+    JobState.RETRYING: TaskResultStatus.READY,
+    JobState.STARTED: TaskResultStatus.RUNNING,
+    JobState.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
+    JobState.DEAD: TaskResultStatus.FAILED,
+    JobState.CANCELLED: TaskResultStatus.FAILED,
+}
+
+
+def priority_class(priority: int) -> PriorityClass:
+    """Django's -100..100 onto the platform's classes: above 33 urgent, below -33 bulk."""
+    if priority > 33:
+        return PriorityClass.URGENT
+    if priority < -33:
+        return PriorityClass.BULK
+    return PriorityClass.NORMAL
+
+
+class DjangoTaskJob(JobTask):
+    """The Celery side of a Django task: calls the task's function, reports signals."""
+
+    django_task_path: str = ""
+
+    def run(self, *args, **kwargs):
+        django_task: Task = import_string(self.django_task_path)
+        backend = django_task.get_backend()
+        result = backend.get_result(self.request.id)
+        task_started.send(type(backend), task_result=result)
+        try:
+            if django_task.takes_context:
+                value = django_task.call(TaskContext(task_result=result), *args, **kwargs)
+            else:
+                value = django_task.call(*args, **kwargs)
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise PermanentJobError(
+                    f"Task {self.django_task_path} returned a {type(value).__name__}, which is not JSON; "
+                    "return ids, strings, numbers, lists or dicts."
+                ) from None
+            return value
+        finally:
+            # The ledger's final state is written after this returns; the signal says
+            # the function finished, which is what receivers of Django's API expect.
+            task_finished.send(type(backend), task_result=result)
+
+
+class LedgerBackend(BaseTaskBackend):
+    supports_defer = True  # run_after, honoured through the ledger and the relay
+    supports_get_result = True
+    supports_priority = True
+    supports_async_task = False
+
+    def __init__(self, alias: str, params: dict) -> None:
+        super().__init__(alias, params)
+        if "QUEUES" not in params:
+            self.queues = set(WORKLOAD_QUEUES)
+        unknown = self.queues - set(WORKLOAD_QUEUES)
+        if unknown:
+            raise InvalidTaskError(
+                f"TASKS[{alias!r}] names queues {sorted(unknown)}, which are not workload queues "
+                f"of the platform ({', '.join(WORKLOAD_QUEUES)})."
+            )
+
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        if not TASK_MIN_PRIORITY <= task.priority <= TASK_MAX_PRIORITY:  # the base says so too; be explicit
+            raise InvalidTaskError(f"priority must be between {TASK_MIN_PRIORITY} and {TASK_MAX_PRIORITY}.")
+        self.celery_task(task)
+
+    def celery_task(self, task: Task):
+        """The Celery task that runs `task` on workers, registered on first use."""
+        from project.celery import app
+
+        name = task.module_path
+        registered = app._tasks.get(name)
+        if registered is not None:
+            return registered
+        job_class = type(
+            f"DjangoTask[{name}]",
+            (DjangoTaskJob,),
+            {
+                "name": name,
+                "django_task_path": name,
+                "queue": task.queue_name,
+                "__module__": task.func.__module__,
+            },
+        )
+        return app.register_task(job_class())
+
+    def enqueue(self, task: Task, args, kwargs) -> TaskResult:
+        """Records a job in the caller's transaction; published after commit (or by the relay)."""
+        from jobs import services
+
+        self.validate_task(task)
+        celery_task = self.celery_task(task)
+        args, kwargs = list(args), dict(kwargs)
+        signature = inspect.signature(task.func)
+        if task.takes_context:  # the worker passes the context first
+            signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+        try:
+            services._check_payload(celery_task, tuple(args), kwargs, signature)
+        except services.EnqueueError as exc:
+            raise InvalidTaskError(str(exc)) from None
+        job = services._insert_and_publish(
+            celery_task, tuple(args), kwargs, priority_class(task.priority), task.queue_name, None, None,
+            task.run_after,
+        )  # fmt: skip
+        result = self._result(task, job)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        try:
+            job = Job.objects.get(pk=result_id)
+        except (Job.DoesNotExist, ValidationError):
+            raise TaskResultDoesNotExist(result_id) from None
+        try:
+            task = import_string(job.task_name)
+        except ImportError:
+            raise TaskResultDoesNotExist(f"{result_id} is not a Django task ({job.task_name})") from None
+        if not isinstance(task, Task):
+            raise TaskResultDoesNotExist(
+                f"{result_id} is a platform job, not a Django task ({job.task_name})"
+            )
+        return self._result(task, job)
+
+    def _result(self, task: Task, job: Job) -> TaskResult:
+        errors = []
+        if job.last_error and job.state in (JobState.DEAD, JobState.RETRYING, JobState.CANCELLED):
+            errors.append(
+                TaskError(
+                    exception_class_path=job.last_error_class or "builtins.Exception",
+                    traceback=job.last_traceback or job.last_error,
+                )
+            )
+        result = TaskResult(
+            task=task,
+            id=str(job.id),
+            status=_STATUS[job.state],
+            enqueued_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            last_attempted_at=job.started_at,
+            args=list(job.args),
+            kwargs=dict(job.kwargs),
+            backend=self.alias,
+            errors=errors,
+            worker_ids=[job.worker or "worker"] * job.attempts,
+        )
+        object.__setattr__(result, "_return_value", job.result)
+        return result

@@ -1,0 +1,37 @@
+"""A test app's tasks written with Django's own task API (@task), run by the platform.
+
+The cache invalidation job, converted: the same work as jobs.invalidate_cache.
+"""
+
+from django_tasks import task
+
+from jobs import cache as job_cache
+from jobs.base import TransientJobError
+
+
+@task(queue_name="cache", priority=50)
+def invalidate_cache(keys: list[str] | None = None, namespace: str | None = None) -> str:
+    job_cache.invalidate(keys or (), namespace)
+    return f"invalidated {namespace or keys}"
+
+
+@task()
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task()
+def explode() -> None:
+    raise ValueError("this Django task always fails")
+
+
+@task(takes_context=True)
+def flaky_until_third(context, marker: str) -> int:
+    if context.attempt < 3:
+        raise TransientJobError(f"attempt {context.attempt} of {marker} fails")
+    return context.attempt
+
+
+@task()
+def returns_a_set() -> set:
+    return {1, 2}
