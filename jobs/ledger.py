@@ -87,15 +87,19 @@ class Lease:
         caller then looks at the row itself, under the lease if `held`.
         """
         waiting = [s for s in sources_of(JobState.STARTED) if s != JobState.STARTED]
+        # A worker may start a job before its publisher marked it queued (they race):
+        # it was queued by then at the latest.
+        now = timezone.now()
         table = Job._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
                 f"WITH lease AS (SELECT pg_try_advisory_lock(%s) AS taken), "
                 f"started AS (UPDATE {table} SET state = %s, attempts = attempts + 1, started_at = %s, "
-                f"finished_at = NULL, worker = %s WHERE id = %s AND state = ANY(%s) AND (SELECT taken FROM lease) "
+                f"queued_at = coalesce(queued_at, %s), finished_at = NULL, worker = %s "
+                f"WHERE id = %s AND state = ANY(%s) AND (SELECT taken FROM lease) "
                 f"RETURNING attempts, lost_runs, task_name, args, kwargs, queue, priority) "
                 f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
-                [self.key, JobState.STARTED, timezone.now(), worker, str(self.job_id), waiting],
+                [self.key, JobState.STARTED, now, now, worker, str(self.job_id), waiting],
             )
             taken, attempts, lost_runs, task_name, args, kwargs, queue, priority = cursor.fetchone()
         self.held = bool(taken)
