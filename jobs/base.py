@@ -35,7 +35,7 @@ import traceback
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -122,7 +122,8 @@ class JobTask(Task):
             # Anything raised outside the task body (a soft time limit while waiting on
             # a lock, a bug) makes Celery reject the message into the dead-letter
             # queue: the ledger must say dead too, or the job would look alive forever.
-            self._force_dead(job_id, exc)
+            if not getattr(exc, "_jobs_recorded", False):
+                self._force_dead(job_id, exc)
             raise
         finally:
             lease.release()
@@ -154,7 +155,10 @@ class JobTask(Task):
                 logger.error("job=%s task=%s state=dead reason=poison lost_runs=%d", job_id, self.name, lost)
                 self._call_on_dead(job, error)
                 raise Reject(error, requeue=False)
-            Job.objects.filter(pk=job_id).update(lost_runs=lost)
+            if not Job.objects.filter(pk=job_id, state=JobState.STARTED, attempts=job.attempts).update(
+                lost_runs=lost
+            ):
+                return None  # it moved meanwhile (finished by the run we thought lost)
             logger.warning(
                 "job=%s task=%s previous run died with its worker; running again", job_id, self.name
             )
@@ -211,6 +215,7 @@ class JobTask(Task):
             raise
         except SoftTimeLimitExceeded as exc:
             self._record_dead(job, exc, started, reason="soft time limit exceeded")
+            exc._jobs_recorded = True
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is classified here
             # A lost database connection inside the body is transient for every job:
@@ -226,9 +231,17 @@ class JobTask(Task):
                 self._send_again(countdown, retries=self.request.retries + 1, exc=exc)
             reason = "retries exhausted" if retryable else "permanent error"
             self._record_dead(job, exc, started, reason=reason)
+            exc._jobs_recorded = True  # the outer handler must not write this run's end again
+            if isinstance(exc, (DatabaseError, InterfaceError)):
+                # Not "the ledger is unavailable": the job failed, and its message
+                # goes to the dead-letter queue like any failure.
+                raise Reject(f"{_describe(exc)}", requeue=False) from exc
             raise
         try:
             lease.succeed_and_release(job, _json_or_none(result))
+        except DataError:
+            # The result could not be stored; the job's success matters more.
+            lease.succeed_and_release(job, None)
         except (OperationalError, InterfaceError):
             # The connection died with the lease on it; record the outcome on a new one.
             connection.close()
@@ -396,8 +409,9 @@ def _traceback(exc: BaseException) -> str:
 
 
 def _json_or_none(value):
+    """The value if PostgreSQL's jsonb can store it (no NaN/Infinity, no NUL), else None."""
     try:
-        json.dumps(value)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return None
-    return value
+    return None if "\\u0000" in text else value

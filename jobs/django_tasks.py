@@ -75,8 +75,11 @@ class DjangoTaskJob(JobTask):
             else:
                 value = django_task.call(*args, **kwargs)
             try:
-                json.dumps(value)
+                json.dumps(value, allow_nan=False)
+                stored = "\\u0000" not in json.dumps(value)
             except (TypeError, ValueError):
+                stored = False
+            if not stored:
                 raise PermanentJobError(
                     f"Task {self.django_task_path} returned a {type(value).__name__}, which is not JSON; "
                     "return ids, strings, numbers, lists or dicts."

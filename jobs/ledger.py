@@ -115,13 +115,16 @@ class Lease:
         table = Job._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
+                # The unlock is evaluated over the UPDATE's result, so it runs after the
+                # row is written (and row-locked until commit): a copy that takes the
+                # lease next waits for this commit and then sees `succeeded`.
                 f"WITH done AS (UPDATE {table} SET state = %s, result = %s::jsonb, finished_at = %s "
                 f"WHERE id = %s AND state = %s AND attempts = %s RETURNING 1) "
-                f"SELECT pg_advisory_unlock(%s), (SELECT count(*) FROM done)",
+                f"SELECT d.n, pg_advisory_unlock(%s) FROM (SELECT count(*) AS n FROM done) d",
                 [JobState.SUCCEEDED, None if result is None else json.dumps(result), timezone.now(),
                  str(job.id), JobState.STARTED, job.attempts, self.key],
             )  # fmt: skip
-            moved = cursor.fetchone()[1]
+            moved = cursor.fetchone()[0]
         self.held = False
         return moved
 

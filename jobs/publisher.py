@@ -26,7 +26,7 @@ from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import ledger
+from jobs import ledger, topology
 from jobs.models import Job, JobState
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 # Seconds this process leaves publishing to the relay after a failed publish.
 BROKER_DOWN_BACKOFF = 3.0
 _broker_down_until = 0.0
-_local = threading.local()
 
 
 def _celery_app():
@@ -52,7 +51,12 @@ class ConfirmTimeout(Exception):
 
 
 class _ConfirmChannel:
-    """A connection and a channel in confirm mode, kept per thread between publishes."""
+    """A connection and a channel in confirm mode, kept between publishes.
+
+    Every delivery tag is tracked until RabbitMQ acks it (singly or with `multiple`),
+    nacks it, or returns it as unroutable: a batch succeeds only when each of its own
+    messages is acked and none came back.
+    """
 
     def __init__(self):
         app = _celery_app()
@@ -62,39 +66,64 @@ class _ConfirmChannel:
         self.connection.ensure_connection(max_retries=0)
         self.channel = self.connection.channel()
         self.channel.confirm_select()
-        self.acked = 0
-        self.nacked = False
-        self.published = 0
+        self.next_tag = 1
+        self.unconfirmed: set[int] = set()
+        self.failed: set[int] = set()
+        self.returned: set[str] = set()
         self.channel.events["basic_ack"].add(self._on_ack)
         self.channel.events["basic_nack"].add(self._on_nack)
+        self.channel.events["basic_return"].add(self._on_return)
+
+    def _settle(self, delivery_tag: int, multiple: bool) -> set[int]:
+        tags = {t for t in self.unconfirmed if t <= delivery_tag} if multiple else {delivery_tag}
+        self.unconfirmed -= tags
+        return tags
 
     def _on_ack(self, delivery_tag, multiple):
-        self.acked = max(self.acked, delivery_tag)
+        self._settle(delivery_tag, multiple)
 
     def _on_nack(self, delivery_tag, multiple):
-        self.nacked = True
+        self.failed |= self._settle(delivery_tag, multiple)
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        # An unroutable message (no such queue) is returned, then acked: not delivered.
+        self.returned.add(message.properties.get("correlation_id"))
 
     def publish(self, messages: list[tuple[amqp.Message, str]], timeout: float) -> None:
-        """Publishes every (message, queue) and waits for all confirms; raises if not all came."""
-        first = self.published + 1
-        for message, queue in messages:
-            # py-amqp's plain publish: in confirm mode it would wait message by message.
-            self.channel._basic_publish(message, exchange="", routing_key=queue)
-            self.published += 1
+        """Publishes every (message, queue) and waits for all confirms; raises unless all were stored."""
         deadline = time.monotonic() + timeout
-        while self.acked < self.published and not self.nacked:
+        tags = set()
+        for message, queue in messages:
+            # py-amqp's plain publish (in confirm mode its publish waits message by
+            # message), mandatory through the jobs exchange: a message no queue takes
+            # comes back instead of being confirmed and dropped.
+            self.channel._basic_publish(
+                message, exchange=topology.JOBS_EXCHANGE, routing_key=queue, mandatory=True,
+                timeout=max(0.1, deadline - time.monotonic()),
+            )  # fmt: skip
+            tags.add(self.next_tag)
+            self.unconfirmed.add(self.next_tag)
+            self.next_tag += 1
+        while tags & self.unconfirmed:
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
                     raise TimeoutError
                 self.connection.drain_events(timeout=remaining)
             except TimeoutError:
-                confirmed = max(0, self.acked - first + 1)
+                waiting = len(tags & self.unconfirmed)
                 raise ConfirmTimeout(
-                    f"RabbitMQ confirmed {confirmed} of {len(messages)} in {timeout}s"
+                    f"RabbitMQ had not confirmed {waiting} of {len(messages)} in {timeout}s"
                 ) from None
-        if self.nacked:
-            raise amqp.exceptions.MessageNacked("RabbitMQ refused (nacked) a message of the batch")
+        nacked, self.failed = tags & self.failed, self.failed - tags
+        ids = {m.properties.get("correlation_id") for m, _ in messages}
+        returned, self.returned = ids & self.returned, self.returned - ids
+        if nacked:
+            raise amqp.exceptions.MessageNacked(
+                f"RabbitMQ refused (nacked) {len(nacked)} message(s) of the batch"
+            )
+        if returned:
+            raise UnroutableJob(f"{len(returned)} message(s) reached no queue (is the topology declared?)")
 
     def close(self):
         try:
@@ -103,16 +132,26 @@ class _ConfirmChannel:
             pass
 
 
+class UnroutableJob(Exception):
+    """RabbitMQ returned a message: no queue is bound for it."""
+
+
+# One kept channel per process, used under a lock: threads of a web server take turns
+# (a publish takes milliseconds) instead of each opening a connection of its own.
+_lock = threading.Lock()
+_shared: _ConfirmChannel | None = None
+
+
 def _channel() -> _ConfirmChannel:
-    channel = getattr(_local, "channel", None)
-    if channel is None:
-        channel = _local.channel = _ConfirmChannel()
-    return channel
+    global _shared
+    if _shared is None:
+        _shared = _ConfirmChannel()
+    return _shared
 
 
 def _drop_channel() -> None:
-    channel = getattr(_local, "channel", None)
-    _local.channel = None
+    global _shared
+    channel, _shared = _shared, None
     if channel is not None:
         channel.close()
 
@@ -174,15 +213,17 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False) -> list[Job]:
         return []
     try:
         messages = [(build_message(job), job.queue) for job in jobs]
-        try:
-            _channel().publish(messages, timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
-        except (ConnectionError, OSError, amqp.exceptions.AMQPError):
-            # A connection kept from an earlier publish may have died (broker restart):
-            # one fresh attempt, then give up.
-            _drop_channel()
-            _channel().publish(messages, timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
+        with _lock:
+            try:
+                _channel().publish(messages, timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
+            except (ConnectionError, OSError, amqp.exceptions.AMQPError):
+                # A connection kept from an earlier publish may have died (broker
+                # restart): one fresh attempt, then give up.
+                _drop_channel()
+                _channel().publish(messages, timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs pending
-        _drop_channel()
+        with _lock:
+            _drop_channel()
         _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
         logger.warning(
             "publish failed; %d job(s) stay pending for the relay: %s: %s",

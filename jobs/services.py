@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from celery import Task
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from jobs import ledger
@@ -303,15 +303,26 @@ def prune_jobs(
         raise ValueError(f"Unknown job states {sorted(unknown)}; use some of {', '.join(JobState.values)}.")
     cutoff = timezone.now() - older_than
     table = Job._meta.db_table
+    # Rows elsewhere that point at jobs (an invoice's last PDF job, an email's job, a
+    # dead letter's job) keep their row and lose the link, as their on_delete says.
+    references = [
+        rel
+        for rel in Job._meta.get_fields(include_hidden=True)
+        if rel.auto_created and not rel.concrete and rel.one_to_many and rel.on_delete is models.SET_NULL
+    ]
     total = 0
     while True:
         with transaction.atomic(), transaction.get_connection().cursor() as cursor:
             cursor.execute(
-                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
-                f"WHERE created_at < %s AND state = ANY(%s) LIMIT %s)",
+                f"SELECT id FROM {table} WHERE created_at < %s AND state = ANY(%s) LIMIT %s FOR UPDATE SKIP LOCKED",
                 [cutoff, list(states), batch_size],
             )
-            deleted = cursor.rowcount
-        total += deleted
-        if deleted < batch_size:
+            ids = [row[0] for row in cursor.fetchall()]
+            for rel in references:
+                rel.related_model._base_manager.filter(**{f"{rel.field.name}__in": ids}).update(
+                    **{rel.field.name: None}
+                )
+            cursor.execute(f"DELETE FROM {table} WHERE id = ANY(%s::uuid[])", [[str(i) for i in ids]])
+        total += len(ids)
+        if len(ids) < batch_size:
             return total

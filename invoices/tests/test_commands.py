@@ -40,3 +40,32 @@ def test_seed_demo_creates_customers_and_invoices_once(worker, smtp, capsys):
     assert "created 3 customers and 12 invoices" in out and "demo data already present" in out
     assert Customer.objects.count() == 3 and Invoice.objects.count() == 12
     assert Invoice.objects.filter(customer__name="Łukasz Żółkiewski").exists()
+
+
+def test_prune_jobs_deletes_old_finished_jobs_and_unlinks_what_pointed_at_them(worker, capsys):
+    import datetime
+
+    from django.utils import timezone
+
+    from emails.models import OutgoingEmail
+    from jobs.models import DeadLetter, JobState
+
+    old = timezone.now() - datetime.timedelta(days=40)
+    pruned = Job.objects.create(task_name="invoices.generate_pdf", queue="invoices", priority=5,
+                                state=JobState.SUCCEEDED, created_at=old)  # fmt: skip
+    dead = Job.objects.create(task_name="x", queue="default", priority=5, state=JobState.DEAD, created_at=old)
+    recent = Job.objects.create(task_name="x", queue="default", priority=5, state=JobState.SUCCEEDED)
+    invoice = make_invoice(lines=1)
+    Invoice.objects.filter(pk=invoice.pk).update(last_pdf_job=pruned)
+    email = OutgoingEmail.objects.create(to=["a@example.com"], subject="s", template="test",
+                                         message_id="<m@example.com>", job=pruned)  # fmt: skip
+    letter = DeadLetter.objects.create(identity="i", job=pruned)
+
+    call_command("prune_jobs", "--older-than", "30d")
+
+    assert "pruned 1 job(s)" in capsys.readouterr().out
+    assert not Job.objects.filter(pk=pruned.pk).exists()
+    assert Job.objects.filter(pk__in=[dead.pk, recent.pk]).count() == 2, "dead and recent jobs stay"
+    assert Invoice.objects.get(pk=invoice.pk).last_pdf_job is None
+    assert OutgoingEmail.objects.get(pk=email.pk).job is None
+    assert DeadLetter.objects.get(pk=letter.pk).job is None
