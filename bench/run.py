@@ -250,10 +250,10 @@ class Bench:
             with connection.cursor() as cursor:
                 cursor.execute(
                     "INSERT INTO jobs_job (id, task_name, args, kwargs, queue, priority, state, attempts, lost_runs,"
-                    " last_error, last_traceback, worker, unique_key, last_error_class, created_at, queued_at,"
+                    " last_error, last_traceback, worker, unique_key, last_error_class, retries, created_at, queued_at,"
                     " started_at, finished_at)"
                     " SELECT gen_random_uuid(), 'invoices.generate_pdf', jsonb_build_array(g), '{}'::jsonb,"
-                    " 'invoices', 5, 'succeeded', 1, 0, '', '', 'celery@bench', '', '', t, t, t, t + interval '40 ms'"
+                    " 'invoices', 5, 'succeeded', 1, 0, '', '', 'celery@bench', '', '', 0, t, t, t, t + interval '40 ms'"
                     " FROM generate_series(1, %s) g, LATERAL (SELECT now() - make_interval(days => %s)"
                     " - g * interval '1 second' AS t) ts",
                     [rows, days_ago],

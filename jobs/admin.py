@@ -31,7 +31,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["id", "task_name", "state", "queue", "priority", "key", "worker"]}),
         ("Payload", {"fields": ["args_pretty", "kwargs_pretty", "result"]}),
-        ("Attempts", {"fields": ["attempts", "lost_runs", "last_error", "traceback_pretty"]}),
+        ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty"]}),
         (
             "Timings",
             {"fields": ["created_at", "run_after", "queued_at", "started_at", "finished_at", "duration_ms"]},

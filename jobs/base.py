@@ -223,12 +223,14 @@ class JobTask(Task):
             retryable = isinstance(
                 exc, (TransientJobError, OperationalError, InterfaceError, *self.transient_errors)
             ) and not isinstance(exc, PermanentJobError)
-            if retryable and self.request.retries < self.max_retries:
+            # The count lives in the ledger, not the message: a copy re-sent by the
+            # relay or a duplicate cannot start it again from zero.
+            if retryable and job.retries < self.max_retries:
                 countdown = backoff_seconds(
-                    self.request.retries, self.retry_backoff, self.retry_backoff_max, self.retry_jitter
+                    job.retries, self.retry_backoff, self.retry_backoff_max, self.retry_jitter
                 )
                 self._record_retry(job, exc, started, countdown=countdown)
-                self._send_again(countdown, retries=self.request.retries + 1, exc=exc)
+                self._send_again(countdown, retries=job.retries + 1, exc=exc)
             reason = "retries exhausted" if retryable else "permanent error"
             self._record_dead(job, exc, started, reason=reason)
             exc._jobs_recorded = True  # the outer handler must not write this run's end again
@@ -260,6 +262,7 @@ class JobTask(Task):
         self._write_ledger(
             job.id,
             JobState.RETRYING,
+            retries=job.retries + 1,
             only_from=[JobState.STARTED],
             where={"attempts": job.attempts},  # this run's token
             last_error=_describe(exc),

@@ -97,16 +97,17 @@ class Lease:
                 f"started AS (UPDATE {table} SET state = %s, attempts = attempts + 1, started_at = %s, "
                 f"queued_at = coalesce(queued_at, %s), finished_at = NULL, worker = %s "
                 f"WHERE id = %s AND state = ANY(%s) AND (SELECT taken FROM lease) "
-                f"RETURNING attempts, lost_runs, task_name, args, kwargs, queue, priority) "
+                f"RETURNING attempts, lost_runs, retries, task_name, args, kwargs, queue, priority) "
                 f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
                 [self.key, JobState.STARTED, now, now, worker, str(self.job_id), waiting],
             )
-            taken, attempts, lost_runs, task_name, args, kwargs, queue, priority = cursor.fetchone()
+            taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority = cursor.fetchone()
         self.held = bool(taken)
         if attempts is None:
             return None
         return Job(
             id=uuid.UUID(str(self.job_id)), state=JobState.STARTED, attempts=attempts, lost_runs=lost_runs,
+            retries=retries,
             task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
         )  # fmt: skip
 

@@ -64,6 +64,10 @@ class Job(models.Model):
     priority = models.PositiveSmallIntegerField()
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     attempts = models.PositiveIntegerField(default=0, help_text="Runs started, retries included.")
+    retries = models.PositiveIntegerField(
+        default=0,
+        help_text="Transient failures retried in this round; an operator's retry starts a new round.",
+    )
     lost_runs = models.PositiveSmallIntegerField(
         default=0, help_text="Runs whose worker died before they finished."
     )

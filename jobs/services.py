@@ -209,12 +209,12 @@ def _insert_rows(jobs: list[Job]) -> None:
         run_after = job.run_after.isoformat() if job.run_after else None
         writer.writerow(
             [str(job.id), job.task_name, json.dumps(job.args), json.dumps(job.kwargs), job.queue, job.priority,
-             run_after, now.isoformat(), JobState.PENDING, 0, 0, "", "", "", "", ""]
+             run_after, now.isoformat(), JobState.PENDING, 0, 0, "", "", "", "", "", 0]
         )  # fmt: skip
     buffer.seek(0)
     columns = (
         "id, task_name, args, kwargs, queue, priority, run_after, created_at, state, attempts, lost_runs,"
-        " last_error, last_traceback, worker, unique_key, last_error_class"
+        " last_error, last_traceback, worker, unique_key, last_error_class, retries"
     )
     with transaction.atomic(), transaction.get_connection().cursor() as cursor:
         cursor.cursor.copy_expert(
@@ -239,6 +239,7 @@ def retry_job(job_id: uuid.UUID | str) -> bool:
         JobState.PENDING,
         only_from=[JobState.DEAD],
         lost_runs=0,
+        retries=0,
         run_after=None,
         finished_at=None,
     )

@@ -9,6 +9,7 @@ import time
 import pytest
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from jobs import enqueue
 from jobs.models import Job, JobState
@@ -290,3 +291,19 @@ def test_enqueue_many_records_and_publishes_a_batch_that_all_runs(worker, tmp_pa
         lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 301, message="the batch"
     )
     assert sorted(tasks.lines(path)) == sorted([str(n) for n in range(300)] + ["kw"])
+
+
+def test_the_retry_count_lives_in_the_ledger_not_in_the_message(worker, tmp_path):
+    """A copy sent again by the relay (its message says retries=0) cannot restart the count."""
+    import datetime
+
+    path = str(tmp_path / "out")
+    later = timezone.now() + datetime.timedelta(days=1)
+    job = enqueue(tasks.always_transient, path, run_after=later)  # max_retries=2
+    Job.objects.filter(pk=job.id).update(retries=2, run_after=None)
+
+    publish_jobs([Job.objects.get(pk=job.id)], force=True)
+
+    job = finished(job.id)
+    assert job.state == JobState.DEAD and job.attempts == 1
+    assert tasks.lines(path) == ["fail"], "no new round of retries"
