@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from django.conf import settings
 
 from jobs.testing import wait_for
+from jobs.testing.processes import background, manage_py
 from jobs.testing.report import ReliabilityReport
 from jobs.testing.smtp import SMTPTestServer
 from jobs.testing.worker import WorkerProcess
@@ -215,20 +215,8 @@ def own_worker(session_worker, worker_env, tmp_path):
 @pytest.fixture
 def keeper(worker_env, tmp_path):
     """The real dead-letter keeper command, running for the test."""
-    log = open(tmp_path / "keeper.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "dead_letter_keeper"],
-        cwd=settings.BASE_DIR,
-        env=worker_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with background(manage_py("dead_letter_keeper"), worker_env, tmp_path / "keeper.log") as process:
         yield process
-    finally:
-        process.kill()
-        process.wait(10)
-        log.close()
 
 
 class DeadLetterReader:

@@ -7,12 +7,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import path
 from django.utils.html import format_html
 
 from emails import services
 from emails.models import OutgoingEmail
-from jobs.admin_actions import StrictActionsMixin
+from jobs.admin_actions import StrictActionsMixin, job_link
 
 
 @admin.register(OutgoingEmail)
@@ -50,11 +50,7 @@ class OutgoingEmailAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="Job")
     def job_link(self, obj):
-        if obj.job_id is None:
-            return "-"
-        return format_html(
-            '<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id
-        )
+        return job_link(obj.job_id)
 
     @admin.display(description="Preview")
     def preview(self, obj):

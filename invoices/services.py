@@ -94,16 +94,20 @@ def publish_invoice_issued(invoice: Invoice):
     return jobs.publish(INVOICE_ISSUED, {"invoice_id": invoice.id, "customer_id": invoice.customer_id})
 
 
+def _move_status(invoice: Invoice, source: InvoiceStatus, target: InvoiceStatus) -> bool:
+    """Moves the invoice from `source` to `target` (a conditional UPDATE); False if it was not in `source`."""
+    if not Invoice.objects.filter(pk=invoice.pk, status=source).update(status=target):
+        return False
+    invoice.status = target
+    invalidate_customer_invoice_lists(invoice.customer_id)
+    return True
+
+
 @transaction.atomic
 def issue_invoice(invoice: Invoice) -> bool:
     """Issues a draft invoice (publishing "invoice.issued"); False if it was not a draft."""
-    moved = Invoice.objects.filter(pk=invoice.pk, status=InvoiceStatus.DRAFT).update(
-        status=InvoiceStatus.ISSUED
-    )
-    if not moved:
+    if not _move_status(invoice, InvoiceStatus.DRAFT, InvoiceStatus.ISSUED):
         return False
-    invoice.status = InvoiceStatus.ISSUED
-    invalidate_customer_invoice_lists(invoice.customer_id)
     publish_invoice_issued(invoice)
     return True
 
@@ -227,12 +231,7 @@ def refresh_cached_lists(invoices: Iterable[Invoice]) -> int:
 @transaction.atomic
 def mark_paid(invoice: Invoice) -> bool:
     """Marks an issued invoice paid; False if it was not issued. Sends invoice_paid."""
-    moved = Invoice.objects.filter(pk=invoice.pk, status=InvoiceStatus.ISSUED).update(
-        status=InvoiceStatus.PAID
-    )
-    if not moved:
+    if not _move_status(invoice, InvoiceStatus.ISSUED, InvoiceStatus.PAID):
         return False
-    invoice.status = InvoiceStatus.PAID
-    invalidate_customer_invoice_lists(invoice.customer_id)
     invoice_paid.send(Invoice, invoice=invoice)
     return True

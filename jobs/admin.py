@@ -8,11 +8,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import path
 from django.utils.html import format_html
 
 from jobs import dead_letters, launcher, selectors, services
-from jobs.admin_actions import StrictActionsMixin
+from jobs.admin_actions import StrictActionsMixin, job_link
 from jobs.models import DeadLetter, Event, Job, JobLaunch
 
 
@@ -147,19 +147,21 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     def retry_dead_jobs(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
         retried = sum(services.retry_job(job_id) for job_id in ids)
-        self._report(request, retried, len(ids), "retried", "they were not dead")
+        self.report_outcome(
+            request, retried, len(ids), "{n} job(s) retried.", "{n} job(s) skipped: they were not dead."
+        )
 
     @admin.action(description="Cancel selected waiting jobs", permissions=["change"])
     def cancel_jobs(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
         cancelled = sum(services.cancel_job(job_id) for job_id in ids)
-        self._report(request, cancelled, len(ids), "cancelled", "they had already started or finished")
-
-    def _report(self, request, done: int, total: int, verb: str, why_not: str) -> None:
-        if done:
-            self.message_user(request, f"{done} job(s) {verb}.", messages.SUCCESS)
-        if total - done:
-            self.message_user(request, f"{total - done} job(s) skipped: {why_not}.", messages.WARNING)
+        self.report_outcome(
+            request,
+            cancelled,
+            len(ids),
+            "{n} job(s) cancelled.",
+            "{n} job(s) skipped: they had already started or finished.",
+        )
 
 
 @admin.register(DeadLetter)
@@ -192,11 +194,7 @@ class DeadLetterAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="Job")
     def job_link(self, obj):
-        if obj.job_id is None:
-            return "- (not in the ledger)"
-        return format_html(
-            '<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id
-        )
+        return job_link(obj.job_id, empty="- (not in the ledger)")
 
     @admin.display(description="body")
     def body_pretty(self, obj):
@@ -228,13 +226,9 @@ class DeadLetterAdmin(StrictActionsMixin, admin.ModelAdmin):
     def discard(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
         done = sum(dead_letters.discard(pk, by=request.user.get_username()) for pk in ids)
-        self._report(request, done, len(ids))
-
-    def _report(self, request, done: int, total: int) -> None:
-        if done:
-            self.message_user(request, f"{done} dead letter(s) discarded.", messages.SUCCESS)
-        if total - done:
-            self.message_user(request, f"{total - done} skipped: they were not open.", messages.WARNING)
+        self.report_outcome(
+            request, done, len(ids), "{n} dead letter(s) discarded.", "{n} skipped: they were not open."
+        )
 
 
 class SubscriberJobInline(admin.TabularInline):
@@ -251,7 +245,7 @@ class SubscriberJobInline(admin.TabularInline):
 
     @admin.display(description="Job")
     def job_link(self, obj):
-        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.pk]), obj.pk)
+        return job_link(obj.pk)
 
 
 @admin.register(Event)

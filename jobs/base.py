@@ -258,18 +258,19 @@ class JobTask(Task):
         self._log(job.id, "succeeded", started=started, attempt=job.attempts)
         return result
 
-    def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
+    def _end_run(self, job: Job, target: JobState, exc: BaseException, **fields) -> None:
+        """Writes this run's failure (only if it is still the running attempt)."""
         self._write_ledger(
             job.id,
-            JobState.RETRYING,
-            retries=job.retries + 1,
+            target,
             only_from=[JobState.STARTED],
             where={"attempts": job.attempts},  # this run's token
-            last_error=_describe(exc),
-            last_traceback=_traceback(exc),
-            last_error_class=_class_path(exc),
-            finished_at=timezone.now(),
+            **_error_fields(exc),
+            **fields,
         )
+
+    def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
+        self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1)
         extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
         logger.warning(
             "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s%s",
@@ -282,16 +283,7 @@ class JobTask(Task):
         )
 
     def _record_dead(self, job: Job, exc: BaseException, started: float, reason: str):
-        self._write_ledger(
-            job.id,
-            JobState.DEAD,
-            only_from=[JobState.STARTED],
-            where={"attempts": job.attempts},  # this run's token
-            last_error=_describe(exc),
-            last_traceback=_traceback(exc),
-            last_error_class=_class_path(exc),
-            finished_at=timezone.now(),
-        )
+        self._end_run(job, JobState.DEAD, exc)
         logger.error(
             "job=%s task=%s attempt=%d state=dead reason=%s duration_ms=%.1f error=%s",
             job.id,
@@ -320,7 +312,7 @@ class JobTask(Task):
                 )
                 connection.close()
                 time.sleep(pause)
-        return 0
+        raise AssertionError("unreachable: the last pause is None")
 
     def _force_dead(self, job_id, exc: BaseException) -> None:
         try:
@@ -328,10 +320,7 @@ class JobTask(Task):
                 job_id,
                 JobState.DEAD,
                 only_from=[JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING],
-                last_error=_describe(exc),
-                last_traceback=_traceback(exc),
-                last_error_class=_class_path(exc),
-                finished_at=timezone.now(),
+                **_error_fields(exc),
             )
         except Exception:  # noqa: BLE001 - the original error matters more
             logger.exception("job=%s task=%s could not be marked dead", job_id, self.name)
@@ -401,6 +390,16 @@ class JobTask(Task):
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _error_fields(exc: BaseException) -> dict:
+    """What the ledger records of a run that ended in `exc`."""
+    return {
+        "last_error": _describe(exc),
+        "last_traceback": _traceback(exc),
+        "last_error_class": _class_path(exc),
+        "finished_at": timezone.now(),
+    }
 
 
 def _class_path(exc: BaseException) -> str:

@@ -4,8 +4,6 @@ terminated database sessions and a stopped Redis. Each restores what it breaks."
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from decimal import Decimal
@@ -24,6 +22,7 @@ from invoices.tasks import generate_pdf
 from invoices.tests.factories import make_customer, make_invoice
 from jobs.models import Job, JobState
 from jobs.testing import faults, wait_for
+from jobs.testing.processes import background, manage_py
 from jobs.tests import tasks
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]
@@ -57,24 +56,9 @@ def assert_one_pdf_each(invoices):
 @pytest.fixture
 def relay(worker_env, tmp_path):
     """The real relay command, running for the test."""
-    log = open(tmp_path / "relay.log", "wb")
     env = {**worker_env, "JOBS_RELAY_GRACE_SECONDS": "2", "JOBS_RELAY_INTERVAL_SECONDS": "0.5"}
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "relay"],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with background(manage_py("relay"), env, tmp_path / "relay.log", graceful=True) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_sigkill_of_the_pool_process_mid_pdf_gives_one_pdf(own_worker, reliability):

@@ -19,7 +19,7 @@ from emails import services as email_services
 from emails.models import EmailTemplate
 from invoices.tests.factories import make_invoice
 from jobs.models import Job, JobState
-from jobs.testing import free_port, wait_for
+from jobs.testing import processes, wait_for
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -123,15 +123,8 @@ def test_no_secret_appears_in_logs_error_pages_or_flower(
            "EMAIL_HOST_PASSWORD": smtp_password, "DJANGO_DEBUG": "0"}  # fmt: skip
     own_worker.env = env
     own_worker.start()
-    flower_port = free_port()
-    flower_log = open(tmp_path / "flower.log", "wb")
-    flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "project", "flower", "--address=127.0.0.1", f"--port={flower_port}"],
-        cwd=ROOT, env={**env, "FLOWER_BASIC_AUTH": "ops:flower-pass"}, stdout=flower_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        base, auth = f"http://127.0.0.1:{flower_port}", ("ops", "flower-pass")
-        wait_for(lambda: _answers(f"{base}/healthcheck"), timeout=30, message="Flower")
+    with processes.flower(env, tmp_path / "flower.log", "ops:flower-pass") as base:
+        auth = ("ops", "flower-pass")
         failing = jobs.enqueue(tasks.fail, str(tmp_path / "f"))
         ok = jobs.enqueue(tasks.record, str(tmp_path / "ok"))
         email = email_services.queue_email(
@@ -146,10 +139,6 @@ def test_no_secret_appears_in_logs_error_pages_or_flower(
             for path in ("/", "/workers", "/tasks", "/broker", "/api/workers?refresh=1", "/api/tasks",
                          f"/api/task/info/{failing.id}")
         ]  # fmt: skip
-    finally:
-        flower.kill()
-        flower.wait(10)
-        flower_log.close()
     own_worker.stop()
     error_page = _server_error_page(client)
 
@@ -174,13 +163,6 @@ def test_no_secret_appears_in_logs_error_pages_or_flower(
         "CELERY_BROKER_URL unmasked in the worker `conf` Flower shows; jobs/worker.py masks every URL.)",
         "test_no_secret_appears_in_logs_error_pages_or_flower",
     )  # fmt: skip
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def _server_error_page(client) -> str:
