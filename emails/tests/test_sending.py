@@ -182,10 +182,11 @@ def test_sending_is_throttled_by_the_configured_rate_limit(own_worker, worker_en
     own_worker.start()
     emails = [queue_test_email(subject=f"Bulk {n}") for n in range(9)]
 
-    wait_for(lambda: len(smtp.received) == 9, timeout=30, message="nine emails")
-    sent = sorted(
-        OutgoingEmail.objects.filter(pk__in=[e.pk for e in emails]).values_list("sent_at", flat=True)
-    )
+    rows = OutgoingEmail.objects.filter(pk__in=[e.pk for e in emails])
+    # The SMTP server sees a message before its row is marked sent: wait for the rows.
+    wait_for(lambda: rows.filter(status=EmailStatus.SENT).count() == 9, timeout=30, message="nine sent")
+    assert len(smtp.received) == 9
+    sent = sorted(rows.values_list("sent_at", flat=True))
     # 4 per one-second window, across worker processes: nine emails need three
     # windows, so the last leaves more than a second after the first.
     assert sent[-1] - sent[0] > datetime.timedelta(seconds=1)
