@@ -35,6 +35,7 @@ def test_workload_queues_are_priority_queues_that_dead_letter():
         assert queue.queue_arguments == {
             "x-max-priority": topology.MAX_PRIORITY,
             "x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE,
+            "x-queue-version": 2,
         }
     assert topology.DEAD_LETTER_QUEUE not in topology.WORKLOAD_QUEUES
 
@@ -86,3 +87,40 @@ def test_topology_command_reports_drift_as_a_sentence(platform, own_worker):
             call_command("jobs_topology")
     finally:
         call_command("jobs_topology", "--recreate", "emails")
+
+
+def test_topology_fix_migrates_every_drifted_queue_keeping_messages(platform, own_worker, capsys):
+    # What `make run` does on a machine whose queues an older release declared
+    # (classic queue version 1, no x-queue-version argument).
+    from amqp import Message
+    from django.core.management import call_command
+    from kombu import Queue
+
+    old_arguments = {
+        "x-max-priority": topology.MAX_PRIORITY,
+        "x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE,
+    }
+    with platform.connection_for_write() as connection:
+        channel = connection.channel()
+        for name in ("default", "cache"):
+            channel.queue_delete(name)
+            Queue(
+                name, topology.jobs_exchange(), routing_key=name, durable=True, queue_arguments=old_arguments
+            )(channel).declare()
+            channel.basic_publish(Message(f"kept in {name}".encode()), exchange="", routing_key=name)
+        channel.close()
+    try:
+        call_command("jobs_topology", "--fix")
+        out = capsys.readouterr().out
+        assert "recreated default: 1 message(s) carried over" in out
+        assert "recreated cache: 1 message(s) carried over" in out
+        assert "topology ok" in out
+        with platform.connection_for_write() as connection:
+            assert {r.status for r in topology.verify(connection)} == {"ok"}
+            channel = connection.channel()
+            for name in ("default", "cache"):
+                message = channel.basic_get(name, no_ack=True)
+                assert message is not None and message.body == f"kept in {name}".encode()
+            channel.close()
+    finally:
+        call_command("jobs_topology", "--fix")

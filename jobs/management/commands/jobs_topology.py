@@ -20,13 +20,24 @@ class Command(BaseCommand):
                 "(stop the workers that consume it first). May be repeated."
             ),
         )
+        parser.add_argument(
+            "--fix",
+            action="store_true",
+            help=(
+                "Migrate every queue that drifted, keeping its messages (stop the workers "
+                "that consume them first). `make run` does this before it starts its workers."
+            ),
+        )
 
-    def handle(self, *args, recreate: list[str], **options):
+    def handle(self, *args, recreate: list[str], fix: bool, **options):
         from project.celery import app
 
         try:
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1)
+                if fix:
+                    drifted = [r.name for r in topology.verify(connection) if r.status == "drift"]
+                    recreate = [*recreate, *(name for name in drifted if name not in recreate)]
                 for name in recreate:
                     try:
                         moved = topology.recreate(connection, name)
@@ -51,6 +62,7 @@ class Command(BaseCommand):
             names = " ".join(f"--recreate {r.name}" for r in drift)
             raise CommandError(
                 f"{len(drift)} queue(s) exist with other arguments than the topology declares. "
-                f"Stop their workers, then run: python manage.py jobs_topology {names}"
+                f"Stop their workers, then run: python manage.py jobs_topology {names} "
+                "(or --fix, for every drifted queue)"
             )
         self.stdout.write(self.style.SUCCESS("topology ok"))
