@@ -162,11 +162,12 @@ class JobTask(Task):
             logger.warning(
                 "job=%s task=%s previous run died with its worker; running again", job_id, self.name
             )
+        started_at = timezone.now()
         moved = ledger.transition(
             job_id,
             JobState.STARTED,
             attempts=F("attempts") + 1,
-            started_at=timezone.now(),
+            started_at=started_at,
             finished_at=None,
             worker=self.request.hostname or "",
         )
@@ -175,7 +176,7 @@ class JobTask(Task):
             return None
         # What the UPDATE just wrote, without reading the row again: under the lease
         # nothing else writes these fields.
-        job.state, job.attempts = JobState.STARTED, job.attempts + 1
+        job.state, job.attempts, job.started_at = JobState.STARTED, job.attempts + 1, started_at
         return job
 
     def _respect_rate_limits(self, job_id) -> None:
@@ -240,33 +241,57 @@ class JobTask(Task):
                 raise Reject(f"{_describe(exc)}", requeue=False) from exc
             raise
         try:
-            lease.succeed_and_release(job, _json_or_none(result))
+            moved = lease.succeed_and_release(job, _json_or_none(result))
         except DataError:
             # The result could not be stored; the job's success matters more.
-            lease.succeed_and_release(job, None)
+            moved = lease.succeed_and_release(job, None)
         except (OperationalError, InterfaceError):
             # The connection died with the lease on it; record the outcome on a new one.
             connection.close()
-            self._write_ledger(
-                job.id,
-                JobState.SUCCEEDED,
-                only_from=[JobState.STARTED],
-                where={"attempts": job.attempts},  # this run's token
-                result=_json_or_none(result),
-                finished_at=timezone.now(),
+            moved = 0
+        if not moved:
+            # Not the running attempt as the row reads: its start may have been lost
+            # with a crash of PostgreSQL (see _write_outcome), or a newer attempt
+            # owns the row, which _write_outcome then leaves alone.
+            self._write_outcome(
+                job, JobState.SUCCEEDED, result=_json_or_none(result), finished_at=timezone.now()
             )
         self._log(job.id, "succeeded", started=started, attempt=job.attempts)
         return result
 
     def _end_run(self, job: Job, target: JobState, exc: BaseException, **fields) -> None:
         """Writes this run's failure (only if it is still the running attempt)."""
-        self._write_ledger(
+        self._write_outcome(job, target, **_error_fields(exc), **fields)
+
+    def _write_outcome(self, job: Job, target: JobState, **fields) -> int:
+        """Ends this run in the ledger, if it is still the running attempt.
+
+        The start was committed asynchronously (jobs.ledger.Lease): if PostgreSQL
+        itself crashed during the run, the row may read as still waiting, one attempt
+        behind. Then the start is written again first, so the outcome of a run that
+        did happen is not lost.
+        """
+        moved = self._write_ledger(
+            job.id, target, only_from=[JobState.STARTED], where={"attempts": job.attempts}, **fields
+        )
+        if moved:
+            return moved
+        restarted = self._write_ledger(
             job.id,
-            target,
-            only_from=[JobState.STARTED],
-            where={"attempts": job.attempts},  # this run's token
-            **_error_fields(exc),
-            **fields,
+            JobState.STARTED,
+            only_from=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING],
+            where={"attempts": job.attempts - 1},
+            attempts=job.attempts,
+            started_at=job.started_at or timezone.now(),
+            worker=self.request.hostname or "",
+        )
+        if not restarted:
+            return 0  # another attempt owns the row now: this run's outcome is stale
+        logger.warning(
+            "job=%s task=%s its start was lost with a database crash; written again", job.id, self.name
+        )
+        return self._write_ledger(
+            job.id, target, only_from=[JobState.STARTED], where={"attempts": job.attempts}, **fields
         )
 
     def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):

@@ -13,9 +13,12 @@ table in jobs.models does not allow is refused rather than written.
 from __future__ import annotations
 
 import json
+import re
 import uuid
+import weakref
 from collections.abc import Iterable
 
+import psycopg2.errors
 from django.db import connection
 from django.utils import timezone
 
@@ -70,9 +73,208 @@ def lock_key(job_id: uuid.UUID | str) -> int:
     return int.from_bytes(uuid.UUID(str(job_id)).bytes[:8], "big", signed=True)
 
 
+class Statement:
+    """A server-side prepared statement, prepared once per database connection.
+
+    The worker's hot path runs two statements per job; preparing them spares
+    PostgreSQL parsing and planning each time, and executing them on the raw DB-API
+    cursor spares Django's cursor wrapper. Errors still come out as Django's
+    (`wrap_database_errors`), so callers catch what they always caught.
+
+    A prepared statement's generic plan is made once, for the table as it was then,
+    and kept: planned while the ledger was nearly empty, a lookup by id would be a
+    sequential scan for the life of the connection, over however many rows the
+    ledger grows to. So each EXECUTE runs with sequential scans disabled for its
+    own implicit transaction (`SET LOCAL`, in the same round trip), and every plan
+    made for it is an index plan. Inside a caller's transaction, where `SET LOCAL`
+    would outlive the statement, a statement that looks rows up runs unprepared.
+    """
+
+    def __init__(self, name: str, types: str, sql: str, looks_up_rows: bool = True):
+        self.name, self.types, self.sql, self.looks_up_rows = name, types, sql, looks_up_rows
+        type_list = [t.strip() for t in types.split(",")]
+        placeholders = ", ".join(["%s"] * len(type_list))
+        self.execute_sql = f"EXECUTE {name}({placeholders})"
+        if looks_up_rows:
+            self.execute_sql = f"SET LOCAL enable_seqscan = off; {self.execute_sql}"
+        # The same statement with client-side parameters, planned where it runs.
+        self.plain_sql = re.sub(
+            r"\$(\d+)", lambda m: f"%(p{m.group(1)})s::{type_list[int(m.group(1)) - 1]}", sql
+        )
+
+    def fetchone(self, params: list) -> tuple:
+        connection.close_if_health_check_failed()  # as Django's own cursors do
+        connection.ensure_connection()
+        raw = connection.connection  # this thread's DB-API connection
+        with connection.wrap_database_errors:
+            with raw.cursor() as cursor:
+                if self.looks_up_rows and not connection.get_autocommit():
+                    cursor.execute(self.plain_sql, self.named(params))
+                    return cursor.fetchone()
+                names = _prepared.setdefault(raw, set())
+                if self.name not in names:
+                    self._prepare(cursor, names)
+                try:
+                    cursor.execute(self.execute_sql, params)
+                except psycopg2.errors.InvalidSqlStatementName:
+                    # Deallocated behind our back (DISCARD ALL, a pooler handing out
+                    # another server session): prepare again, and in autocommit retry.
+                    names.discard(self.name)
+                    if not connection.get_autocommit():
+                        raise
+                    self._prepare(cursor, names)
+                    cursor.execute(self.execute_sql, params)
+                return cursor.fetchone()
+
+    @staticmethod
+    def named(params: list) -> dict:
+        """`params` as `plain_sql` takes them."""
+        return {f"p{n}": value for n, value in enumerate(params, start=1)}
+
+    def _prepare(self, cursor, names: set) -> None:
+        # A new connection (or the first use of this one). PREPARE is not undone by
+        # a rollback, so this happens once per connection.
+        try:
+            cursor.execute(f"PREPARE {self.name}({self.types}) AS {self.sql}")
+        except psycopg2.errors.DuplicatePreparedStatement:
+            # Prepared by an earlier call that was interrupted before it noted it.
+            names.add(self.name)
+            if not connection.get_autocommit():
+                raise  # the error has aborted the caller's transaction
+            return
+        names.add(self.name)
+
+
+# Statement names prepared on each DB-API connection, forgotten with the connection.
+# Keyed by the connection itself: Django gives each thread its own.
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+_TABLE = Job._meta.db_table
+_WAITING = [s for s in sources_of(JobState.STARTED) if s != JobState.STARTED]
+
+# Takes the lease and, if the job waits, starts it: one round trip. In autocommit
+# ($6 true) the start commits without waiting for its WAL flush (see Lease).
+_TAKE_AND_START = Statement(
+    "jobs_take_and_start",
+    "bigint, timestamptz, text, uuid, text[], boolean",
+    f"WITH lease AS (SELECT pg_try_advisory_lock($1) AS taken, "
+    f"set_config('synchronous_commit', CASE WHEN $6 THEN 'off' "
+    f"ELSE current_setting('synchronous_commit') END, true) AS commit_mode), "
+    f"started AS (UPDATE {_TABLE} SET state = '{JobState.STARTED}', attempts = attempts + 1, "
+    f"started_at = $2, queued_at = coalesce(queued_at, $2), finished_at = NULL, worker = $3 "
+    f"WHERE id = $4 AND state = ANY($5) AND (SELECT taken FROM lease) "
+    f"RETURNING attempts, lost_runs, retries, task_name, args, kwargs, queue, priority) "
+    f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
+)
+
+# Marks the run succeeded (if it is still the running attempt) and releases the
+# lease. The unlock is evaluated over the UPDATE's result, so it runs after the row
+# is written (and row-locked until commit): a copy that takes the lease next waits
+# for this commit and then sees `succeeded`. This commit is synchronous, and flushes
+# the start's WAL with its own.
+_SUCCEED_AND_RELEASE = Statement(
+    "jobs_succeed_and_release",
+    "jsonb, timestamptz, uuid, integer, bigint",
+    f"WITH done AS (UPDATE {_TABLE} SET state = '{JobState.SUCCEEDED}', result = $1, finished_at = $2 "
+    f"WHERE id = $3 AND state = '{JobState.STARTED}' AND attempts = $4 RETURNING 1) "
+    f"SELECT d.n, pg_advisory_unlock($5) FROM (SELECT count(*) AS n FROM done) d",
+)
+
+
+# "state = 'pending'", written so that the planner cannot use the relay's partial
+# index on pending rows for it: with statistics taken while few rows were pending
+# (or a cached generic plan), it would pick that index for a lookup by id and scan
+# every pending row, thousands after a broker outage, instead of the primary key.
+_IS_PENDING_BY_ID = f"coalesce(state, '') = '{JobState.PENDING}'"
+
+# Marks published jobs queued: only rows still pending at the attempt that was
+# published move (a worker may already have started one, or started, failed and put
+# it back). Committed synchronously, unlike the worker's start: with both lost to a
+# crash of PostgreSQL, a running job would read `pending` again, and the relay would
+# publish a second copy while the first still runs.
+_MARK_QUEUED = Statement(
+    "jobs_mark_queued",
+    "timestamptz, text[], integer",
+    f"WITH moved AS (UPDATE {_TABLE} SET state = '{JobState.QUEUED}', queued_at = $1 "
+    f"WHERE id = ANY($2::uuid[]) AND {_IS_PENDING_BY_ID} AND attempts = $3 RETURNING 1) "
+    f"SELECT count(*) FROM moved",
+)
+assert JobState.PENDING in sources_of(JobState.QUEUED)  # the table allows this move
+
+
+def mark_queued(job_ids: Iterable[uuid.UUID | str], attempts: int) -> int:
+    """Moves the given jobs from `pending` (at `attempts`) to `queued`; returns how many moved."""
+    ids = [str(job_id) for job_id in job_ids]
+    return _MARK_QUEUED.fetchone([timezone.now(), ids, attempts])[0]
+
+
+class BackgroundMarks:
+    """`mark_queued` on a second, asynchronous connection: PostgreSQL marks one chunk
+    of a large publish while the publisher sends the next one to RabbitMQ.
+
+    The connection is psycopg2's asynchronous kind (autocommit, one statement in
+    flight, no thread): `mark` sends a statement and returns at once, and waits only
+    if the previous one is still running. `close` waits for the last one. A failed
+    mark is logged and leaves its jobs pending, for the relay to publish again.
+    """
+
+    def __init__(self):
+        import psycopg2
+
+        params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+        self.conn = psycopg2.connect(**params, async_=1)
+        self._wait()
+        self.busy = False
+
+    def mark(self, job_ids: Iterable[uuid.UUID | str], attempts: int) -> None:
+        """Sends mark_queued's statement (unprepared: one per chunk) and returns at once."""
+        self._finish()
+        params = [timezone.now(), [str(i) for i in job_ids], attempts]
+        self.conn.cursor().execute(_MARK_QUEUED.plain_sql, _MARK_QUEUED.named(params))
+        self.busy = True
+
+    def close(self) -> None:
+        """Waits for the last mark and closes the connection."""
+        try:
+            self._finish()
+        finally:
+            self.conn.close()
+
+    def _finish(self) -> None:
+        if self.busy:
+            self.busy = False
+            self._wait()
+
+    def _wait(self) -> None:
+        import select
+
+        import psycopg2.extensions as ext
+
+        while True:
+            state = self.conn.poll()
+            if state == ext.POLL_OK:
+                return
+            if state == ext.POLL_READ:
+                select.select([self.conn.fileno()], [], [])
+            elif state == ext.POLL_WRITE:
+                select.select([], [self.conn.fileno()], [])
+
+
 class Lease:
     """A job's lease as the worker holds it: taken with the job's start, given back
-    with its success, each in a single round trip on the hot path."""
+    with its success, each in a single round trip on the hot path.
+
+    The start commits asynchronously (`synchronous_commit` off for that one
+    transaction): it is visible to every other session at once, and its WAL is
+    flushed by the success write's synchronous commit, or by PostgreSQL's WAL writer
+    within a fraction of a second. Only a crash of PostgreSQL itself in that window
+    can lose it. The job then reads `queued` again, one attempt behind (never
+    `pending`: the publisher's mark is synchronous, so the relay does not send it
+    again), and the run's outcome write (`JobTask._write_outcome`) writes the start
+    again before the outcome. The success is committed synchronously before the
+    message is acknowledged, as every other end of a run is.
+    """
 
     def __init__(self, job_id: uuid.UUID | str):
         self.job_id = job_id
@@ -86,46 +288,33 @@ class Lease:
         job is in any other state (finished, started by a dead run, unknown); the
         caller then looks at the row itself, under the lease if `held`.
         """
-        waiting = [s for s in sources_of(JobState.STARTED) if s != JobState.STARTED]
         # A worker may start a job before its publisher marked it queued (they race):
         # it was queued by then at the latest.
         now = timezone.now()
-        table = Job._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH lease AS (SELECT pg_try_advisory_lock(%s) AS taken), "
-                f"started AS (UPDATE {table} SET state = %s, attempts = attempts + 1, started_at = %s, "
-                f"queued_at = coalesce(queued_at, %s), finished_at = NULL, worker = %s "
-                f"WHERE id = %s AND state = ANY(%s) AND (SELECT taken FROM lease) "
-                f"RETURNING attempts, lost_runs, retries, task_name, args, kwargs, queue, priority) "
-                f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
-                [self.key, JobState.STARTED, now, now, worker, str(self.job_id), waiting],
-            )
-            taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority = cursor.fetchone()
+        row = _TAKE_AND_START.fetchone(
+            [self.key, now, worker, str(self.job_id), _WAITING, connection.get_autocommit()]
+        )
+        taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority = row
         self.held = bool(taken)
         if attempts is None:
             return None
         return Job(
             id=uuid.UUID(str(self.job_id)), state=JobState.STARTED, attempts=attempts, lost_runs=lost_runs,
-            retries=retries,
+            retries=retries, started_at=now,
             task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
         )  # fmt: skip
 
     def succeed_and_release(self, job: Job, result) -> int:
         """Marks this run succeeded (if it is still the running attempt) and releases the lease."""
-        table = Job._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                # The unlock is evaluated over the UPDATE's result, so it runs after the
-                # row is written (and row-locked until commit): a copy that takes the
-                # lease next waits for this commit and then sees `succeeded`.
-                f"WITH done AS (UPDATE {table} SET state = %s, result = %s::jsonb, finished_at = %s "
-                f"WHERE id = %s AND state = %s AND attempts = %s RETURNING 1) "
-                f"SELECT d.n, pg_advisory_unlock(%s) FROM (SELECT count(*) AS n FROM done) d",
-                [JobState.SUCCEEDED, None if result is None else json.dumps(result), timezone.now(),
-                 str(job.id), JobState.STARTED, job.attempts, self.key],
-            )  # fmt: skip
-            moved = cursor.fetchone()[0]
+        moved, _ = _SUCCEED_AND_RELEASE.fetchone(
+            [
+                None if result is None else json.dumps(result),
+                timezone.now(),
+                str(job.id),
+                job.attempts,
+                self.key,
+            ]
+        )
         self.held = False
         return moved
 

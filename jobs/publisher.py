@@ -14,6 +14,7 @@ publishes them.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -24,10 +25,11 @@ from collections.abc import Sequence
 import amqp
 from celery.utils.nodenames import anon_nodename
 from django.conf import settings
-from django.utils import timezone
+from django.db import connection as db_connection
+from django.db import transaction
 
 from jobs import ledger, topology
-from jobs.models import Job, JobState
+from jobs.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class _ConfirmChannel:
         self.channel = self.connection.channel()
         self.channel.confirm_select()
         self.next_tag = 1
+        self.settled_below = 1
         self.unconfirmed: set[int] = set()
         self.failed: set[int] = set()
         self.returned: set[str] = set()
@@ -75,7 +78,13 @@ class _ConfirmChannel:
         self.channel.events["basic_return"].add(self._on_return)
 
     def _settle(self, delivery_tag: int, multiple: bool) -> set[int]:
-        tags = {t for t in self.unconfirmed if t <= delivery_tag} if multiple else {delivery_tag}
+        if not multiple:
+            tags = {delivery_tag} & self.unconfirmed
+        else:
+            # Tags only grow: every tag below `settled_below` is settled already, so
+            # a long publish costs one pass over its tags, not one per ack.
+            tags = {t for t in range(self.settled_below, delivery_tag + 1) if t in self.unconfirmed}
+            self.settled_below = max(self.settled_below, delivery_tag + 1)
         self.unconfirmed -= tags
         return tags
 
@@ -89,8 +98,8 @@ class _ConfirmChannel:
         # An unroutable message (no such queue) is returned, then acked: not delivered.
         self.returned.add(message.properties.get("correlation_id"))
 
-    def publish(self, messages: list[tuple[amqp.Message, str]], timeout: float) -> None:
-        """Publishes every (message, queue) and waits for all confirms; raises unless all were stored."""
+    def send(self, messages: list[tuple[amqp.Message, str]], timeout: float) -> set[int]:
+        """Sends every (message, queue) without waiting for confirms; returns their delivery tags."""
         deadline = time.monotonic() + timeout
         tags = set()
         for message, queue in messages:
@@ -104,7 +113,24 @@ class _ConfirmChannel:
             tags.add(self.next_tag)
             self.unconfirmed.add(self.next_tag)
             self.next_tag += 1
+        return tags
+
+    def poll(self) -> None:
+        """Takes in the confirms that have arrived, without waiting."""
+        try:
+            while True:
+                self.connection.drain_events(timeout=0)
+        except TimeoutError:
+            pass
+
+    def settle(
+        self, tags: set[int], messages: list[tuple[amqp.Message, str]], deadline: float | None
+    ) -> bool:
+        """Whether every one of `tags` is confirmed, waiting until `deadline` (None: not at
+        all); raises if one was refused or returned, or the deadline passed."""
         while tags & self.unconfirmed:
+            if deadline is None:
+                return False
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
@@ -113,7 +139,7 @@ class _ConfirmChannel:
             except TimeoutError:
                 waiting = len(tags & self.unconfirmed)
                 raise ConfirmTimeout(
-                    f"RabbitMQ had not confirmed {waiting} of {len(messages)} in {timeout}s"
+                    f"RabbitMQ had not confirmed {waiting} of {len(messages)} in time"
                 ) from None
         nacked, self.failed = tags & self.failed, self.failed - tags
         ids = {m.properties.get("correlation_id") for m, _ in messages}
@@ -124,6 +150,7 @@ class _ConfirmChannel:
             )
         if returned:
             raise UnroutableJob(f"{len(returned)} message(s) reached no queue (is the topology declared?)")
+        return True
 
     def close(self):
         try:
@@ -200,50 +227,148 @@ def build_message(job: Job) -> amqp.Message:
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def publish_jobs(jobs: Sequence[Job], *, force: bool = False) -> list[Job]:
-    """Publishes `jobs` and marks them `queued`; returns those published (all or none).
+def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 1000) -> list[Job]:
+    """Publishes `jobs` and marks them `queued`; returns those published, in order.
 
-    With `force`, a recent failure does not stop the attempt (the relay uses it to
-    probe the broker). A publish that RabbitMQ does not confirm within
-    JOBS_PUBLISH_TIMEOUT_SECONDS counts as failed: the jobs stay pending, and if some
-    did reach RabbitMQ, the worker side runs each job once anyway.
+    Messages go out in chunks of `chunk_size` without stopping for RabbitMQ between
+    chunks: the confirms of one chunk come in while the next is sent, and a chunk is
+    marked queued once every message of it is confirmed. A chunk that RabbitMQ does
+    not confirm within JOBS_PUBLISH_TIMEOUT_SECONDS of its sending counts as failed,
+    and so does every chunk after it: those jobs stay pending for the relay, and if
+    some of them did reach RabbitMQ, the worker side runs each job once anyway. Any
+    broker failure is logged, never raised. With `force`, a recent failure does not
+    stop the attempt (the relay uses it to probe the broker).
     """
     global _broker_down_until
     if not jobs or (broker_marked_down() and not force):
         return []
+    timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+    published: list[Job] = []
+    in_flight: collections.deque = collections.deque()  # (channel, chunk, messages, tags, deadline)
+    # A publish of several chunks marks them from a second connection while it sends;
+    # not inside a transaction, whose row locks that connection would wait on.
+    marks = _MarksOnTheSide() if len(jobs) > chunk_size and db_connection.get_autocommit() else None
+    mark_queued = marks.mark_jobs if marks else _mark_queued
     try:
-        messages = [(build_message(job), job.queue) for job in jobs]
-        with _lock:
-            try:
-                _channel().publish(messages, timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
-            except (ConnectionError, OSError, amqp.exceptions.AMQPError):
-                # A connection kept from an earlier publish may have died (broker
-                # restart): one fresh attempt, then give up.
-                _drop_channel()
-                _channel().publish(messages, timeout=settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
+        for start in range(0, len(jobs), chunk_size):
+            chunk = jobs[start : start + chunk_size]
+            messages = [(build_message(job), job.queue) for job in chunk]
+            with _lock:
+                channel = _channel()
+                try:
+                    tags = channel.send(messages, timeout)
+                except (ConnectionError, OSError, amqp.exceptions.AMQPError):
+                    if in_flight or published:
+                        raise
+                    # A connection kept from an earlier publish may have died (broker
+                    # restart): one fresh attempt, then give up.
+                    _drop_channel()
+                    channel = _channel()
+                    tags = channel.send(messages, timeout)
+                in_flight.append((channel, chunk, messages, tags, time.monotonic() + timeout))
+                channel.poll()
+                confirmed = _take_confirmed(in_flight, wait=False)
+            published += confirmed
+            mark_queued(confirmed)
+        while in_flight:
+            with _lock:
+                confirmed = _take_confirmed(in_flight, wait=True)
+            published += confirmed
+            mark_queued(confirmed)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs pending
         with _lock:
             _drop_channel()
         _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
         logger.warning(
             "publish failed; %d job(s) stay pending for the relay: %s: %s",
-            len(jobs),
+            len(jobs) - len(published),
             exc.__class__.__name__,
             str(exc)[:200],
         )
-        return []
-    _mark_queued(jobs)
-    return list(jobs)
+    finally:
+        if marks:
+            marks.close()
+    return published
+
+
+class _MarksOnTheSide:
+    """Marks confirmed chunks queued from a second connection (ledger.BackgroundMarks)
+    while the next chunk is sent; after a failure there, marks inline instead."""
+
+    def __init__(self):
+        try:
+            self.marks: ledger.BackgroundMarks | None = ledger.BackgroundMarks()
+        except Exception as exc:  # noqa: BLE001 - marking inline is as correct, only slower
+            logger.warning("no second database connection to mark jobs queued (%s); marking inline", exc)
+            self.marks = None
+
+    def mark_jobs(self, jobs: Sequence[Job]) -> None:
+        if self.marks is not None:
+            try:
+                for attempts, ids in _by_attempts(jobs).items():
+                    self.marks.mark(ids, attempts)
+                return
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
+        _mark_queued(jobs)
+
+    def close(self) -> None:
+        if self.marks is not None:
+            try:
+                self.marks.close()
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        # What was sent on it may not be marked: those jobs stay pending, and the
+        # relay sends them again; the worker side runs each job once.
+        logger.warning("marking published jobs queued on the side failed; marking inline: %s", exc)
+        marks, self.marks = self.marks, None
+        try:
+            marks.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+
+def _take_confirmed(in_flight: collections.deque, wait: bool) -> list[Job]:
+    """Pops the chunks at the head of `in_flight` that are wholly confirmed (waiting for
+    the first one if `wait`); returns their jobs. Raises if a chunk failed."""
+    confirmed: list[Job] = []
+    while in_flight:
+        channel, chunk, messages, tags, deadline = in_flight[0]
+        if channel is not _shared:
+            raise ConnectionError("the channel these were sent on was closed before they were confirmed")
+        if not channel.settle(tags, messages, deadline if wait else None):
+            break
+        in_flight.popleft()
+        confirmed += chunk
+        wait = False  # only the head is waited for; the rest are taken if already in
+    return confirmed
+
+
+def _by_attempts(jobs: Sequence[Job]) -> dict[int, list]:
+    # Only rows still pending at the attempt that was published move: a worker may
+    # already have started one (or started, failed and put it back to pending).
+    groups: dict[int, list] = {}
+    for job in jobs:
+        groups.setdefault(job.attempts, []).append(job.id)
+    return groups
 
 
 def _mark_queued(jobs: Sequence[Job]) -> None:
-    # Only rows still pending at the attempt that was published move: a worker may
-    # already have started one (or started, failed and put it back to pending).
-    now = timezone.now()
-    by_attempts: dict[int, list] = {}
-    for job in jobs:
-        by_attempts.setdefault(job.attempts, []).append(job.id)
-    for attempts, ids in by_attempts.items():
-        ledger.transition(
-            ids, JobState.QUEUED, only_from=[JobState.PENDING], where={"attempts": attempts}, queued_at=now
+    try:
+        for attempts, ids in _by_attempts(jobs).items():
+            ledger.mark_queued(ids, attempts)
+    except Exception as exc:  # noqa: BLE001 - the broker took them; only the mark is missing
+        # They stay pending, and the relay sends them again; the worker side runs
+        # each job once. Not a broker failure: later publishes go on. Inside a
+        # transaction (the relay's), the failed statement has aborted it: say so, so
+        # that it ends in a rollback rather than a COMMIT that PostgreSQL refuses.
+        if not db_connection.get_autocommit():
+            transaction.set_rollback(True)
+        logger.warning(
+            "%d job(s) published but not marked queued; the relay will send them again: %s: %s",
+            len(jobs),
+            exc.__class__.__name__,
+            str(exc)[:200],
         )

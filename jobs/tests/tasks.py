@@ -83,6 +83,30 @@ def hang(path: str) -> None:
     _append(path, "end")
 
 
+@app.task(name="tests.lose_start_in_a_crash", bind=True)
+def lose_start_in_a_crash(self, path: str, reconnect: bool = False) -> str:
+    """Does to its own ledger row what a crash of PostgreSQL does to an asynchronously
+    committed start (the row reads `queued`, one attempt behind), then loses its
+    connection, as every session does in such a crash; with `reconnect`, the body
+    then opens a new one itself, as a body that retries its own queries would."""
+    from django.db import connection
+
+    from jobs.models import Job, JobState
+
+    Job.objects.filter(pk=self.request.id).update(state=JobState.QUEUED, attempts=0, started_at=None)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    except Exception:  # noqa: BLE001 - the connection is gone, which is the point
+        pass
+    if reconnect:
+        connection.close()
+        connection.ensure_connection()
+    time.sleep(0.2)
+    _append(path, "ran")
+    return "done"
+
+
 @jobs.subscribe("tests.happened")
 @app.task(name="tests.subscriber_ok")
 def subscriber_ok(event_id: int, payload: dict) -> None:

@@ -4,11 +4,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import enqueue
@@ -40,6 +41,55 @@ def test_committed_job_runs_and_succeeds(worker, tmp_path):
     assert job.result == "hello"
     assert job.queued_at and job.started_at and job.finished_at
     assert tasks.lines(path) == ["hello"]
+
+
+@pytest.mark.parametrize("reconnect", [False, True], ids=["connection-lost", "body-reconnected"])
+def test_a_start_lost_with_a_database_crash_does_not_lose_the_runs_outcome(worker, tmp_path, reconnect):
+    # The worker commits a job's start asynchronously; a crash of PostgreSQL can lose
+    # it, leaving the row waiting while the run goes on. The run's success must still
+    # be recorded, once, when it ends, whether the success write finds its
+    # connection dead or (the body having reconnected) finds the row one attempt behind.
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.lose_start_in_a_crash, path, reconnect=reconnect)
+
+    job = finished(job.id)
+
+    assert job.state == JobState.SUCCEEDED
+    assert job.attempts == 1
+    assert job.result == "done"
+    assert job.duration.total_seconds() >= 0.2  # the run's own start, not the recovery's
+    assert tasks.lines(path) == ["ran"]
+
+
+def test_jobs_enqueued_from_many_threads_at_once_are_all_published_and_run(worker, tmp_path, caplog):
+    # Each thread has its own database connection (and its own prepared statements)
+    # and shares the process's publisher channel.
+    path = str(tmp_path / "out")
+    ids, errors = [], []
+
+    def enqueue_some(n):
+        try:
+            for i in range(5):
+                ids.append(enqueue(tasks.record, path, f"t{n}-{i}").id)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=enqueue_some, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 40,
+        30,
+        message="40 jobs enqueued from 8 threads to succeed",
+    )
+    assert sorted(tasks.lines(path)) == sorted(f"t{n}-{i}" for n in range(8) for i in range(5))
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("jobs")]
 
 
 def test_rolled_back_transaction_publishes_nothing(worker, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from jobs import ledger
 from jobs.base import backoff_seconds
 from jobs.models import ALLOWED_TRANSITIONS, JobState
-from jobs.services import EnqueueError, enqueue
+from jobs.services import EnqueueError, enqueue, enqueue_many
 from jobs.tests import tasks
 from jobs.topology import PriorityClass
 
@@ -47,6 +47,8 @@ def test_every_state_is_in_the_transition_table_and_finished_states_are_final():
         (lambda: enqueue(tasks.record, object()), "must be JSON"),
         (lambda: enqueue(tasks.record, "x" * 300_000), "the limit is"),
         (lambda: enqueue(tasks.record, "/tmp/x", priority="asap"), "Unknown priority"),
+        (lambda: enqueue_many(tasks.record, [("/tmp/x",), ()]), "Call 1: Arguments do not fit"),
+        (lambda: enqueue_many(tasks.record, [("/tmp/x",)], publish_batch_size=0), "publish_batch_size"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(call, message):
@@ -55,3 +57,133 @@ def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(call, messag
     with pytest.raises(EnqueueError, match=message):
         call()
     assert Job.objects.count() == 0
+
+
+def _ledger_row(state: JobState):
+    from jobs.models import Job
+
+    return Job.objects.create(
+        task_name="tests.record", args=[], kwargs={}, queue="default", priority=5, state=state
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hot_path_statements_are_prepared_again_on_a_new_connection():
+    from django.db import connection
+
+    from jobs.models import Job
+
+    rows = [_ledger_row(JobState.QUEUED) for _ in range(3)]
+    for row in rows:
+        lease = ledger.Lease(row.id)
+        job = lease.take_and_start("celery@test")
+        assert lease.held and job.attempts == 1
+        assert lease.succeed_and_release(job, {"n": 1}) == 1
+        with connection.cursor() as cursor:  # the lease was given back
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] == 0
+        connection.close()  # the next job starts on a new connection, with nothing prepared
+
+    assert [Job.objects.get(pk=r.id).state for r in rows] == [JobState.SUCCEEDED] * 3
+    assert Job.objects.get(pk=rows[0].id).result == {"n": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_lease_starts_nothing():
+    import psycopg2
+    from django.db import connection
+
+    from jobs.models import Job
+
+    row = _ledger_row(JobState.QUEUED)
+    other = psycopg2.connect(**connection.get_connection_params())
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [ledger.lock_key(row.id)])
+        lease = ledger.Lease(row.id)
+        assert lease.take_and_start("celery@test") is None
+        assert not lease.held
+        assert Job.objects.get(pk=row.id).state == JobState.QUEUED
+    finally:
+        other.close()
+
+
+def test_raw_ledger_inserts_write_every_column_that_cannot_be_null():
+    # enqueue and enqueue_many write new rows without Django's save; a NOT NULL
+    # column added to Job must be added to what they write, or every enqueue fails.
+    from jobs import services
+    from jobs.models import Job
+
+    written = set(services._NEW_ROW_COLUMNS) | set(services._NEW_ROW_CONSTANTS)
+    required = {field.column for field in Job._meta.concrete_fields if not field.null}
+    assert required - written == set()
+    assert written <= {field.column for field in Job._meta.concrete_fields}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_marking_jobs_queued_looks_them_up_by_primary_key_whatever_the_statistics_say():
+    # With stale statistics (few pending rows when last analyzed) or a cached generic
+    # plan, the relay's partial index on pending rows looks cheapest, and each mark
+    # would scan every pending row: thousands of them after a broker outage.
+    from django.db import connection
+
+    ledger.mark_queued(["00000000-0000-0000-0000-000000000000"], 0)  # prepares the statement
+    with connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        cursor.execute("SET enable_seqscan = off")  # the test table is small: choose among indexes
+        try:
+            cursor.execute(
+                "EXPLAIN EXECUTE jobs_mark_queued(now(), ARRAY['00000000-0000-0000-0000-000000000000'], 0)"
+            )
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+            cursor.execute("RESET enable_seqscan")
+    assert "jobs_job_pkey" in plan
+    assert "job_pending_created_idx" not in plan
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hot_path_plans_made_while_the_ledger_is_empty_stay_index_lookups():
+    # A prepared statement keeps its generic plan. Made while the ledger is nearly
+    # empty, a sequential scan looks cheapest, and it would stay one as the ledger
+    # grows to millions of rows.
+    from django.db import connection
+
+    rows = [_ledger_row(JobState.PENDING) for _ in range(3)]
+    with connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")  # every EXECUTE uses the kept plan
+    try:
+        for row in rows:  # the platform's own calls make (and keep) the plans
+            assert ledger.mark_queued([row.id], 0) == 1
+            lease = ledger.Lease(row.id)
+            job = lease.take_and_start("celery@test")
+            assert lease.succeed_and_release(job, None) == 1
+        plans = {}
+        with connection.cursor() as cursor:
+            for name, args in [
+                ("jobs_mark_queued", "now(), ARRAY[%s], 0"),
+                ("jobs_take_and_start", "1, now(), 'w', %s, ARRAY['queued'], true"),
+                ("jobs_succeed_and_release", "NULL, now(), %s, 1, 1"),
+            ]:
+                cursor.execute(f"EXPLAIN EXECUTE {name}({args})", [str(row.id)])
+                plans[name] = "\n".join(line for (line,) in cursor.fetchall())
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET plan_cache_mode")
+    for name, plan in plans.items():
+        assert "Seq Scan on jobs_job" not in plan, f"{name}:\n{plan}"
+        assert "jobs_job_pkey" in plan, f"{name}:\n{plan}"
+
+
+@pytest.mark.django_db
+def test_jobs_from_enqueue_many_hold_what_their_rows_hold():
+    from jobs.models import Job
+
+    (job,) = enqueue_many(tasks.record, [("/tmp/x",)])
+    row = Job.objects.get(pk=job.id)
+    for field in Job._meta.concrete_fields:
+        assert getattr(job, field.attname) == getattr(row, field.attname), field.name
+    job.save()  # an ordinary Job: saving it again works
