@@ -225,13 +225,16 @@ class BackgroundMarks:
         params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
         self.conn = psycopg2.connect(**params, async_=1)
         self._wait()
+        # Kept for the connection's life: psycopg2 fails a poll whose statement's
+        # cursor was garbage-collected ("the asynchronous cursor has disappeared").
+        self.cursor = self.conn.cursor()
         self.busy = False
 
     def mark(self, job_ids: Iterable[uuid.UUID | str], attempts: int) -> None:
         """Sends mark_queued's statement (unprepared: one per chunk) and returns at once."""
         self._finish()
         params = [timezone.now(), [str(i) for i in job_ids], attempts]
-        self.conn.cursor().execute(_MARK_QUEUED.plain_sql, _MARK_QUEUED.named(params))
+        self.cursor.execute(_MARK_QUEUED.plain_sql, _MARK_QUEUED.named(params))
         self.busy = True
 
     def close(self) -> None:

@@ -343,6 +343,37 @@ def test_enqueue_many_records_and_publishes_a_batch_that_all_runs(worker, tmp_pa
     assert sorted(tasks.lines(path)) == sorted([str(n) for n in range(300)] + ["kw"])
 
 
+def test_a_large_enqueue_many_marks_its_chunks_queued_from_the_side_connection(
+    worker, tmp_path, monkeypatch, caplog
+):
+    """Outside a transaction, chunks are marked queued on a second connection while
+    the next one is sent; a failure there would only show as a warning and a slower,
+    inline mark, so this looks for both."""
+    import logging
+
+    from jobs import enqueue_many, ledger
+
+    sent = []
+    real_mark = ledger.BackgroundMarks.mark
+    monkeypatch.setattr(
+        ledger.BackgroundMarks,
+        "mark",
+        lambda self, ids, attempts: sent.append(1) or real_mark(self, ids, attempts),
+    )
+    path = str(tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="jobs"):
+        jobs = enqueue_many(tasks.record, [(path, str(n)) for n in range(250)], publish_batch_size=50)
+
+    assert "marking inline" not in caplog.text and "publish failed" not in caplog.text
+    assert sent, "no chunk was marked on the side connection"
+    ids = [job.id for job in jobs]
+    assert not Job.objects.filter(pk__in=ids, state=JobState.PENDING).exists()
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 250, message="the batch"
+    )
+    assert sorted(tasks.lines(path), key=int) == [str(n) for n in range(250)]
+
+
 def test_the_retry_count_lives_in_the_ledger_not_in_the_message(worker, tmp_path):
     """A copy sent again by the relay (its message says retries=0) cannot restart the count."""
     import datetime
