@@ -187,3 +187,59 @@ def test_jobs_from_enqueue_many_hold_what_their_rows_hold():
     for field in Job._meta.concrete_fields:
         assert getattr(job, field.attname) == getattr(row, field.attname), field.name
     job.save()  # an ordinary Job: saving it again works
+
+
+@pytest.mark.parametrize("frame_max", [131072, 4096])
+def test_publish_frames_are_byte_for_byte_what_py_amqp_writes(frame_max):
+    import datetime
+    import decimal
+    import uuid
+
+    import amqp
+    from amqp import spec
+    from amqp.method_framing import frame_writer
+    from amqp.serialization import dumps
+
+    from jobs.frames import PublishFrames
+    from jobs.models import Job
+    from jobs.publisher import build_message
+
+    class Connection:
+        def __init__(self):
+            self.frame_max, self.bytes_sent = frame_max, 0
+
+    class Transport:
+        def __init__(self):
+            self.written = []
+
+        def write(self, data):
+            self.written.append(bytes(data))
+
+    def job(*args, **kwargs):
+        return Job(id=uuid.uuid4(), task_name="jobs.tests.record", args=list(args), kwargs=kwargs, priority=7)
+
+    messages = [
+        build_message(job()),
+        build_message(job("/tmp/x", "é ü 中文 \U0001f600", n=-(2**40), ok=False, ratio=0.5)),
+        build_message(job("x" * 20_000)),  # several body frames when frame_max is small
+        amqp.Message(b"", content_type="text/plain"),  # no body frame at all
+        amqp.Message("text body", application_headers={}),  # str body: encoding set as py-amqp does
+        amqp.Message(
+            b"{}",
+            application_headers={
+                "big": 2**31, "neg": -(2**31), "f": 1.5, "d": decimal.Decimal("1.25"), "none": None,
+                "when": datetime.datetime(2026, 11, 23, 12, 0), "nested": {"a": [1, "b", True]},
+                "raw": b"\x00\xff",
+            },
+            timestamp=1795000000, expiration="1000", message_id="m",
+            type="t", user_id="guest", app_id="jobs", cluster_id="c", delivery_mode=2, priority=0,
+        ),
+    ]  # fmt: skip
+    frames = PublishFrames(channel_id=3, frame_max=frame_max)
+    for message in messages:
+        transport = Transport()
+        write = frame_writer(Connection(), transport)
+        args = dumps("Bssbb", (0, "jobs", "default", True, False))
+        write(1, 3, spec.Basic.Publish, args, message)
+        assert frames.publish(message, "jobs", "default", True) == b"".join(transport.written)
+    assert len(frames.publish(messages[2], "jobs", "default", True)) > 20_000
