@@ -279,19 +279,39 @@ def _insert_rows(jobs: list[Job]) -> None:
     # most of its time preparing fields row by row, and COPY beats a VALUES list.
     now = timezone.now()
     constants = list(_NEW_ROW_CONSTANTS.values())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)  # "" is an empty string, not NULL
-    for job in jobs:
-        job.created_at = now
-        job._state.adding = False
-        writer.writerow([*_new_row_values(job), *constants])  # None is written as "": see FORCE_NULL
-    buffer.seek(0)
+
+    def rows():
+        for job in jobs:
+            job.created_at = now
+            job._state.adding = False
+            yield [*_new_row_values(job), *constants]  # None is written as "": see FORCE_NULL
+
     with transaction.atomic(), transaction.get_connection().cursor() as cursor:
         cursor.cursor.copy_expert(
             f"COPY {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) FROM STDIN "
             f"WITH (FORMAT csv, FORCE_NULL (run_after, key))",
-            buffer,
+            _CsvReader(rows()),
         )
+
+
+class _CsvReader:
+    """Rows as a file for COPY FROM STDIN, formatted as psycopg2 reads them: the
+    server parses and inserts the first rows while the next ones are formatted."""
+
+    def __init__(self, rows: Iterable[list]):
+        self._rows = iter(rows)
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, quoting=csv.QUOTE_NONNUMERIC)  # "" is "", not NULL
+
+    def read(self, size: int = -1) -> str:
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        for row in self._rows:
+            self._writer.writerow(row)
+            if 0 < size <= buffer.tell():
+                break
+        return buffer.getvalue()
 
 
 def retry_job(job_id: uuid.UUID | str) -> bool:
