@@ -15,6 +15,7 @@ from struct import Struct, pack
 
 import amqp
 from amqp import spec
+from amqp.exceptions import FrameSyntaxError
 from amqp.serialization import _write_item, dumps
 
 _FRAME_HEADER = Struct(">BHI")  # type, channel, payload size
@@ -53,7 +54,10 @@ def _table(table: dict) -> bytes:
         elif isinstance(value, int) and -2147483647 <= value <= 2147483647:
             parts.append(_INT.pack(b"I", value))
         else:
-            _write_item(value, parts.append, [])  # any other type, as py-amqp writes it
+            try:
+                _write_item(value, parts.append, [])  # any other type, as py-amqp writes it
+            except ValueError:
+                raise FrameSyntaxError(f"Table type {type(value)!r} for key {key!r} not handled") from None
     data = b"".join(parts)
     return _LONG_LEN.pack(len(data)) + data
 

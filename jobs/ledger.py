@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 import weakref
 from collections.abc import Iterable
 
 import psycopg2.errors
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -250,18 +252,23 @@ class BackgroundMarks:
             self._wait()
 
     def _wait(self) -> None:
+        """Waits for the connection or its statement, at most JOBS_PUBLISH_TIMEOUT_SECONDS:
+        a database that stops answering must not hold the publisher (and its lock)."""
         import select
 
         import psycopg2.extensions as ext
 
+        deadline = time.monotonic() + settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+        poller = select.poll()  # not select.select: it refuses descriptors over 1023
         while True:
             state = self.conn.poll()
             if state == ext.POLL_OK:
                 return
-            if state == ext.POLL_READ:
-                select.select([self.conn.fileno()], [], [])
-            elif state == ext.POLL_WRITE:
-                select.select([], [self.conn.fileno()], [])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise psycopg2.OperationalError("the side connection did not answer in time")
+            poller.register(self.conn.fileno(), select.POLLIN if state == ext.POLL_READ else select.POLLOUT)
+            poller.poll(remaining * 1000)
 
 
 class Lease:

@@ -1,15 +1,16 @@
 """Publishes ledger rows to RabbitMQ with publisher confirms, many in flight at once.
 
 A batch is published on one channel in confirm mode without waiting message by
-message; then one wait collects RabbitMQ's acks (its `multiple` acks cover many).
-A batch that is not fully confirmed in time leaves its jobs `pending` for the relay,
-and it never raises into the caller. After a failure this process stops trying for
-a few seconds, so a burst of requests during a broker outage does not pay a
-connection attempt each.
+message, in chunks whose confirms come in while the next chunk is sent (at most
+MAX_CHUNKS_IN_FLIGHT unconfirmed); RabbitMQ's `multiple` acks cover many at once.
+A chunk that is not fully confirmed in time leaves its jobs `pending` for the relay,
+and a publish never raises into the caller. After a failure this process stops
+trying for a few seconds, so a burst of requests during a broker outage does not pay
+a connection attempt each.
 
-Messages are Celery's own (protocol 2, JSON), built by the app's amqp helper, and
-go through the default exchange straight to the job's workload queue, as Celery
-publishes them.
+Messages are Celery's own (protocol 2, JSON), built by `build_message` and framed
+by jobs.frames, and go mandatory through the jobs exchange to the job's workload
+queue: a message no queue takes comes back as an error instead of being dropped.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class ConfirmTimeout(Exception):
     """RabbitMQ did not confirm a batch in time (a memory or disk alarm, a dead link)."""
 
 
+# Chunks of a publish sent and not yet confirmed, at most.
+MAX_CHUNKS_IN_FLIGHT = 8
+
+# Bytes per socket write of a publish, each of which the broker must take in time.
+_WRITE_SIZE = 256 * 1024
+
+
 class _ConfirmChannel:
     """A connection and a channel in confirm mode, kept between publishes.
 
@@ -69,6 +77,7 @@ class _ConfirmChannel:
         self.channel = self.connection.channel()
         self.channel.confirm_select()
         self.frames: frames.PublishFrames | None = None
+        self.broken = False
         self.next_tag = 1
         self.settled_below = 1
         self.unconfirmed: set[int] = set()
@@ -103,24 +112,37 @@ class _ConfirmChannel:
         """Sends every (message, queue) without waiting for confirms; returns their delivery tags.
 
         Mandatory, through the jobs exchange: a message no queue takes comes back
-        instead of being confirmed and dropped. The frames of all of them go out in
-        one socket write (jobs.frames), as py-amqp would write them one by one.
+        instead of being confirmed and dropped. The frames are built by jobs.frames,
+        as py-amqp would write them one by one, and go out in large writes; the
+        broker must take each write within `timeout` (a stalled broker fails the
+        send, a slow but steady one does not).
         """
         connection = self.channel.connection
         if connection is None:
             raise amqp.exceptions.RecoverableConnectionError("publish: the channel is closed")
+        # A connection the broker closed while this one sat idle (a restart) still
+        # takes a small write: read what it said first, so that the caller's
+        # reconnect sees the failure here and not after the write.
+        self.poll()
         if self.frames is None or self.frames.body_max != connection.frame_max - 8:
             self.frames = frames.PublishFrames(self.channel.channel_id, connection.frame_max)
-        data = b"".join(
-            self.frames.publish(message, topology.JOBS_EXCHANGE, queue, True) for message, queue in messages
+        data = memoryview(
+            b"".join(
+                self.frames.publish(message, topology.JOBS_EXCHANGE, queue, True)
+                for message, queue in messages
+            )
         )
         try:
-            with connection.transport.having_timeout(timeout):
-                connection.transport.write(data)
-        except (TimeoutError, OSError) as exc:
-            # A write that timed out leaves the stream cut mid-frame: the connection
-            # is unusable, as py-amqp treats it (celery/py-amqp#452).
-            raise amqp.exceptions.RecoverableConnectionError(f"publish: {exc}") from exc
+            for start in range(0, len(data), _WRITE_SIZE):
+                with connection.transport.having_timeout(timeout):
+                    connection.transport.write(data[start : start + _WRITE_SIZE])
+        except BaseException as exc:
+            # Cut off mid-stream, the broker may hold some of these messages and a
+            # partial frame: tags would no longer match. This connection is done.
+            self.broken = True
+            if isinstance(exc, OSError):  # a timeout included (celery/py-amqp#452)
+                raise amqp.exceptions.RecoverableConnectionError(f"publish: {exc}") from exc
+            raise
         tags = set(range(self.next_tag, self.next_tag + len(messages)))
         self.unconfirmed |= tags
         self.next_tag += len(messages)
@@ -182,6 +204,8 @@ _shared: _ConfirmChannel | None = None
 
 def _channel() -> _ConfirmChannel:
     global _shared
+    if _shared is not None and _shared.broken:
+        _drop_channel()
     if _shared is None:
         _shared = _ConfirmChannel()
     return _shared
@@ -278,7 +302,9 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
                     tags = channel.send(messages, timeout)
                 in_flight.append((channel, chunk, messages, tags, time.monotonic() + timeout))
                 channel.poll()
-                confirmed = _take_confirmed(in_flight, wait=False)
+                # Waits for the oldest chunk once enough are unconfirmed: a publish of
+                # a million jobs keeps a bounded number of messages, and of RabbitMQ's work.
+                confirmed = _take_confirmed(in_flight, wait=len(in_flight) >= MAX_CHUNKS_IN_FLIGHT)
             published += confirmed
             mark_queued(confirmed)
         while in_flight:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -355,11 +356,12 @@ def test_a_large_enqueue_many_marks_its_chunks_queued_from_the_side_connection(
 
     sent = []
     real_mark = ledger.BackgroundMarks.mark
-    monkeypatch.setattr(
-        ledger.BackgroundMarks,
-        "mark",
-        lambda self, ids, attempts: sent.append(1) or real_mark(self, ids, attempts),
-    )
+
+    def mark(self, ids, attempts):
+        real_mark(self, ids, attempts)
+        sent.append(len(ids))  # only once the statement went out on the side connection
+
+    monkeypatch.setattr(ledger.BackgroundMarks, "mark", mark)
     path = str(tmp_path / "out")
     with caplog.at_level(logging.WARNING, logger="jobs"):
         jobs = enqueue_many(tasks.record, [(path, str(n)) for n in range(250)], publish_batch_size=50)
@@ -372,6 +374,61 @@ def test_a_large_enqueue_many_marks_its_chunks_queued_from_the_side_connection(
         lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 250, message="the batch"
     )
     assert sorted(tasks.lines(path), key=int) == [str(n) for n in range(250)]
+
+
+def test_a_long_publish_keeps_a_bounded_number_of_chunks_unconfirmed(worker, tmp_path, monkeypatch):
+    from jobs import enqueue_many, publisher
+
+    monkeypatch.setattr(publisher, "MAX_CHUNKS_IN_FLIGHT", 2)
+    most = [0]
+    real_take = publisher._take_confirmed
+
+    def take(in_flight, wait):
+        most[0] = max(most[0], len(in_flight))
+        return real_take(in_flight, wait)
+
+    monkeypatch.setattr(publisher, "_take_confirmed", take)
+    path = str(tmp_path / "out")
+    jobs = enqueue_many(tasks.record, [(path, str(n)) for n in range(200)], publish_batch_size=10)
+
+    assert most[0] <= 2, f"at most 2 chunks unconfirmed, saw {most[0]}"
+    ids = [job.id for job in jobs]
+    assert not Job.objects.filter(pk__in=ids, state=JobState.PENDING).exists()
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 200, message="the batch"
+    )
+
+
+def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next_publish(worker, tmp_path):
+    """The kept publishing connection dies while idle (a broker restart, an operator
+    closing it): the next enqueue must notice before it writes, and publish on a new
+    connection at once, not leave its job to the relay."""
+    from jobs import publisher
+
+    path = str(tmp_path / "out")
+    first = enqueue(tasks.record, path, "1")
+    assert Job.objects.get(pk=first.id).state != JobState.PENDING
+    sock = publisher._shared.channel.connection.sock
+    name = "{}:{} -> {}:{}".format(*sock.getsockname()[:2], *sock.getpeername()[:2])
+
+    def connections() -> dict[str, str]:
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "name", "pid"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        return dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+
+    pid = connections()[name]
+    subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"], check=True, timeout=60)
+    # The broker has sent its Connection.Close once the idle socket has something to read.
+    wait_for(lambda: select.select([sock], [], [], 0)[0], message="the broker to close the connection")
+
+    second = enqueue(tasks.record, path, "2")
+
+    assert Job.objects.get(pk=second.id).state != JobState.PENDING, "published at once, not left to the relay"
+    assert not publisher.broker_marked_down()
+    assert finished(second.id).state == JobState.SUCCEEDED
+    assert sorted(tasks.lines(path)) == ["1", "2"]
 
 
 def test_the_retry_count_lives_in_the_ledger_not_in_the_message(worker, tmp_path):

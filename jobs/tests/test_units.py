@@ -218,28 +218,63 @@ def test_publish_frames_are_byte_for_byte_what_py_amqp_writes(frame_max):
     def job(*args, **kwargs):
         return Job(id=uuid.uuid4(), task_name="jobs.tests.record", args=list(args), kwargs=kwargs, priority=7)
 
-    messages = [
-        build_message(job()),
-        build_message(job("/tmp/x", "é ü 中文 \U0001f600", n=-(2**40), ok=False, ratio=0.5)),
-        build_message(job("x" * 20_000)),  # several body frames when frame_max is small
-        amqp.Message(b"", content_type="text/plain"),  # no body frame at all
-        amqp.Message("text body", application_headers={}),  # str body: encoding set as py-amqp does
-        amqp.Message(
+    plain, unicode, long = (
+        job(),
+        job("/tmp/x", "é ü 中文 \U0001f600", n=-(2**40), ok=False, ratio=0.5),
+        job("x" * 20_000),
+    )
+    builders = [
+        lambda: build_message(plain),
+        lambda: build_message(unicode),
+        lambda: build_message(long),  # several body frames when frame_max is small
+        lambda: amqp.Message(b"", content_type="text/plain"),  # no body frame at all
+        lambda: amqp.Message("text body", application_headers={}),  # a str body: its encoding is added
+        lambda: amqp.Message(
             b"{}",
             application_headers={
-                "big": 2**31, "neg": -(2**31), "f": 1.5, "d": decimal.Decimal("1.25"), "none": None,
-                "when": datetime.datetime(2026, 11, 23, 12, 0), "nested": {"a": [1, "b", True]},
-                "raw": b"\x00\xff",
+                "big": 2**31, "neg": -(2**31), "edge": 2**31 - 1, "f": 1.5, "d": decimal.Decimal("1.25"),
+                "none": None, "when": datetime.datetime(2026, 11, 23, 12, 0), "nested": {"a": [1, "b", True]},
+                "raw": b"\x00\xff", "empty": "", "zero": 0,
             },
-            timestamp=1795000000, expiration="1000", message_id="m",
-            type="t", user_id="guest", app_id="jobs", cluster_id="c", delivery_mode=2, priority=0,
+            timestamp=1795000000, expiration="1000", message_id="m", type="t", user_id="guest",
+            app_id="jobs", cluster_id="c", delivery_mode=2, priority=0, reply_to="",
         ),
     ]  # fmt: skip
     frames = PublishFrames(channel_id=3, frame_max=frame_max)
-    for message in messages:
+    for build in builders:
         transport = Transport()
         write = frame_writer(Connection(), transport)
-        args = dumps("Bssbb", (0, "jobs", "default", True, False))
-        write(1, 3, spec.Basic.Publish, args, message)
-        assert frames.publish(message, "jobs", "default", True) == b"".join(transport.written)
-    assert len(frames.publish(messages[2], "jobs", "default", True)) > 20_000
+        write(1, 3, spec.Basic.Publish, dumps("Bssbb", (0, "jobs", "default", True, False)), build())
+        # A message of its own: py-amqp's writer changes the one it writes.
+        assert frames.publish(build(), "jobs", "default", True) == b"".join(transport.written)
+    assert len(frames.publish(build_message(long), "jobs", "default", True)) > 20_000
+    with pytest.raises(amqp.exceptions.FrameSyntaxError):  # an AMQPError, as py-amqp raises
+        frames.publish(amqp.Message(b"", application_headers={"x": object()}), "jobs", "default", True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_side_mark_that_gets_no_answer_gives_up_in_time(settings):
+    """A database that stops answering the bulk publisher's side connection must not
+    hold the publisher (and the lock every enqueue of the process takes) for ever."""
+    import datetime
+    import time
+
+    import psycopg2
+    from django.db import OperationalError, connection
+    from django.utils import timezone
+
+    settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 0.5
+    (job,) = enqueue_many(tasks.record, [("/tmp/x",)], run_after=timezone.now() + datetime.timedelta(days=1))
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    blocker = psycopg2.connect(**params)
+    try:
+        with blocker.cursor() as cursor:  # holds the row's lock: the mark's UPDATE waits
+            cursor.execute("SELECT 1 FROM jobs_job WHERE id = %s FOR UPDATE", [str(job.id)])
+        marks = ledger.BackgroundMarks()
+        marks.mark([job.id], 0)
+        started = time.monotonic()
+        with pytest.raises((OperationalError, psycopg2.OperationalError), match="did not answer in time"):
+            marks.close()
+        assert time.monotonic() - started < 3
+    finally:
+        blocker.close()
