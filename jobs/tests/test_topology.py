@@ -89,6 +89,28 @@ def test_topology_command_reports_drift_as_a_sentence(platform, own_worker):
         call_command("jobs_topology", "--recreate", "emails")
 
 
+def test_a_drifted_exchange_is_reported_as_an_exchange_not_migrated_as_a_queue(platform, own_worker):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with platform.connection_for_write() as connection:
+        channel = connection.channel()
+        channel.exchange_delete(topology.JOBS_EXCHANGE)
+        channel.exchange_declare(topology.JOBS_EXCHANGE, "fanout", durable=True, auto_delete=False)
+        channel.close()
+    try:
+        for args in ([], ["--fix"], ["--recreate", "emails"]):
+            with pytest.raises(CommandError, match="The exchange 'jobs' exists with other settings") as error:
+                call_command("jobs_topology", *args)
+            assert "not a queue" not in str(error.value)
+    finally:
+        with platform.connection_for_write() as connection:
+            channel = connection.channel()
+            channel.exchange_delete(topology.JOBS_EXCHANGE)
+            channel.close()
+        call_command("jobs_topology")  # the exchange and every binding, declared anew
+
+
 def test_topology_fix_migrates_every_drifted_queue_keeping_messages(platform, own_worker, capsys):
     # What `make run` does on a machine whose queues an older release declared
     # (classic queue version 1, no x-queue-version argument).

@@ -35,8 +35,10 @@ class Command(BaseCommand):
         try:
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1)
-                if fix:
-                    drifted = [r.name for r in topology.verify(connection) if r.status == "drift"]
+                if fix or recreate:
+                    before = topology.verify(connection)
+                    _refuse_exchange_drift(before)
+                    drifted = [r.name for r in before if r.status == "drift"] if fix else []
                     recreate = [*recreate, *(name for name in drifted if name not in recreate)]
                 for name in recreate:
                     try:
@@ -52,6 +54,7 @@ class Command(BaseCommand):
                 f"Cannot reach RabbitMQ ({exc.__class__.__name__}: {exc}). "
                 "Is it running? Check CELERY_BROKER_URL."
             ) from None
+        _refuse_exchange_drift(reports)
         drift = [r for r in reports if r.status == "drift"]
         for report in reports:
             line = f"{report.status:8} {report.name}"
@@ -66,3 +69,18 @@ class Command(BaseCommand):
                 "(or --fix, for every drifted queue)"
             )
         self.stdout.write(self.style.SUCCESS("topology ok"))
+
+
+def _refuse_exchange_drift(reports) -> None:
+    """An exchange that exists with another type or arguments: --fix and --recreate
+    migrate queues only, so say what to do instead of failing on it as a queue."""
+    exchanges = {topology.JOBS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE}
+    for report in reports:
+        if report.status == "drift" and report.name in exchanges:
+            raise CommandError(
+                f"The exchange {report.name!r} exists with other settings than the topology "
+                f"declares ({report.detail}). Exchanges are not migrated by this command: with "
+                "publishers and workers stopped, delete it (RabbitMQ's management UI, or "
+                f"`rabbitmqadmin delete exchange name={report.name}`), then run jobs_topology "
+                "again, which declares it and its bindings anew. Queues and their messages are kept."
+            )
