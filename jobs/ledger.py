@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import psycopg2.errors
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
 from jobs.models import ALLOWED_TRANSITIONS, Job, JobState
@@ -105,26 +105,28 @@ class Statement:
         )
 
     def fetchone(self, params: list) -> tuple:
-        connection.close_if_health_check_failed()  # as Django's own cursors do
-        connection.ensure_connection()
-        raw = connection.connection  # this thread's DB-API connection
-        with connection.wrap_database_errors:
+        db = connections[DEFAULT_DB_ALIAS]  # this thread's; `connection` looks it up per use
+        db.close_if_health_check_failed()  # as Django's own cursors do
+        db.ensure_connection()
+        raw = db.connection  # the DB-API connection
+        with db.wrap_database_errors:
             with raw.cursor() as cursor:
-                if self.looks_up_rows and not connection.get_autocommit():
+                autocommit = db.get_autocommit()
+                if self.looks_up_rows and not autocommit:
                     cursor.execute(self.plain_sql, self.named(params))
                     return cursor.fetchone()
                 names = _prepared.setdefault(raw, set())
                 if self.name not in names:
-                    self._prepare(cursor, names)
+                    self._prepare(cursor, names, autocommit)
                 try:
                     cursor.execute(self.execute_sql, params)
                 except psycopg2.errors.InvalidSqlStatementName:
                     # Deallocated behind our back (DISCARD ALL, a pooler handing out
                     # another server session): prepare again, and in autocommit retry.
                     names.discard(self.name)
-                    if not connection.get_autocommit():
+                    if not autocommit:
                         raise
-                    self._prepare(cursor, names)
+                    self._prepare(cursor, names, autocommit)
                     cursor.execute(self.execute_sql, params)
                 return cursor.fetchone()
 
@@ -133,7 +135,7 @@ class Statement:
         """`params` as `plain_sql` takes them."""
         return {f"p{n}": value for n, value in enumerate(params, start=1)}
 
-    def _prepare(self, cursor, names: set) -> None:
+    def _prepare(self, cursor, names: set, autocommit: bool) -> None:
         # A new connection (or the first use of this one). PREPARE is not undone by
         # a rollback, so this happens once per connection.
         try:
@@ -141,7 +143,7 @@ class Statement:
         except psycopg2.errors.DuplicatePreparedStatement:
             # Prepared by an earlier call that was interrupted before it noted it.
             names.add(self.name)
-            if not connection.get_autocommit():
+            if not autocommit:
                 raise  # the error has aborted the caller's transaction
             return
         names.add(self.name)
@@ -271,6 +273,22 @@ class BackgroundMarks:
             poller.poll(remaining * 1000)
 
 
+# Every Job field's value when the hot path did not read it: its default if that is
+# a constant, else None (the row's created_at, say, is not known here).
+_JOB_FIELDS = Job._meta.concrete_fields
+_JOB_TEMPLATE = [None if callable(f.default) else f.get_default() for f in _JOB_FIELDS]
+_JOB_POSITION = {f.attname: n for n, f in enumerate(_JOB_FIELDS)}
+
+
+def _partial_job(**values) -> Job:
+    """A Job holding `values`, built positionally: Model.__init__ with keyword
+    arguments cost several times more, once per job on the worker's hot path."""
+    row = _JOB_TEMPLATE.copy()
+    for name, value in values.items():
+        row[_JOB_POSITION[name]] = value
+    return Job(*row)
+
+
 class Lease:
     """A job's lease as the worker holds it: taken with the job's start, given back
     with its success, each in a single round trip on the hot path.
@@ -308,7 +326,7 @@ class Lease:
         self.held = bool(taken)
         if attempts is None:
             return None
-        return Job(
+        return _partial_job(
             id=uuid.UUID(str(self.job_id)), state=JobState.STARTED, attempts=attempts, lost_runs=lost_runs,
             retries=retries, started_at=now,
             task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
