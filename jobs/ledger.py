@@ -255,7 +255,7 @@ class BackgroundMarks:
 
     def _wait(self) -> None:
         """Waits for the connection or its statement, at most JOBS_PUBLISH_TIMEOUT_SECONDS:
-        a database that stops answering must not hold the publisher (and its lock)."""
+        a database that stops answering must not hold the publish up for ever."""
         import select
 
         import psycopg2.extensions as ext
@@ -276,7 +276,7 @@ class BackgroundMarks:
 # Every Job field's value when the hot path did not read it: its default if that is
 # a constant, else None (the row's created_at, say, is not known here).
 _JOB_FIELDS = Job._meta.concrete_fields
-_JOB_TEMPLATE = [None if callable(f.default) else f.get_default() for f in _JOB_FIELDS]
+_JOB_TEMPLATE = [None if f.has_default() and callable(f.default) else f.get_default() for f in _JOB_FIELDS]
 _JOB_POSITION = {f.attname: n for n, f in enumerate(_JOB_FIELDS)}
 
 

@@ -286,12 +286,20 @@ def _insert_rows(jobs: list[Job]) -> None:
             job._state.adding = False
             yield [*_new_row_values(job), *constants]  # None is written as "": see FORCE_NULL
 
+    reader = _CsvReader(rows())
     with transaction.atomic(), transaction.get_connection().cursor() as cursor:
-        cursor.cursor.copy_expert(
-            f"COPY {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) FROM STDIN "
-            f"WITH (FORMAT csv, FORCE_NULL (run_after, key))",
-            _CsvReader(rows()),
-        )
+        try:
+            cursor.cursor.copy_expert(
+                f"COPY {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) FROM STDIN "
+                f"WITH (FORMAT csv, FORCE_NULL (run_after, key))",
+                reader,
+            )
+        except Exception:
+            if reader.error is not None:
+                # psycopg2 turns an error raised in read() into a database error;
+                # the caller must see the original (a soft time limit, say).
+                raise reader.error from None
+            raise
 
 
 class _CsvReader:
@@ -302,15 +310,20 @@ class _CsvReader:
         self._rows = iter(rows)
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, quoting=csv.QUOTE_NONNUMERIC)  # "" is "", not NULL
+        self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
-        for row in self._rows:
-            self._writer.writerow(row)
-            if 0 < size <= buffer.tell():
-                break
+        try:
+            for row in self._rows:
+                self._writer.writerow(row)
+                if 0 < size <= buffer.tell():
+                    break
+        except BaseException as exc:
+            self.error = exc
+            raise
         return buffer.getvalue()
 
 

@@ -388,6 +388,9 @@ def test_a_long_publish_keeps_a_bounded_number_of_chunks_unconfirmed(worker, tmp
         return real_take(in_flight, wait)
 
     monkeypatch.setattr(publisher, "_take_confirmed", take)
+    # Confirms are read only when the publisher waits for them: without the bound,
+    # all 20 chunks would be in flight at the end, however fast RabbitMQ confirms.
+    monkeypatch.setattr(publisher._ConfirmChannel, "poll", lambda self: None)
     path = str(tmp_path / "out")
     jobs = enqueue_many(tasks.record, [(path, str(n)) for n in range(200)], publish_batch_size=10)
 
@@ -409,16 +412,11 @@ def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next
     first = enqueue(tasks.record, path, "1")
     assert Job.objects.get(pk=first.id).state != JobState.PENDING
     sock = publisher._shared.channel.connection.sock
-    name = "{}:{} -> {}:{}".format(*sock.getsockname()[:2], *sock.getpeername()[:2])
-
-    def connections() -> dict[str, str]:
-        listed = subprocess.run(
-            ["rabbitmqctl", "-q", "list_connections", "name", "pid"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
-        return dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
-
-    pid = connections()[name]
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "peer_port", "pid"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    pid = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)[str(sock.getsockname()[1])]
     subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"], check=True, timeout=60)
     # The broker has sent its Connection.Close once the idle socket has something to read.
     wait_for(lambda: select.select([sock], [], [], 0)[0], message="the broker to close the connection")
@@ -427,6 +425,28 @@ def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next
 
     assert Job.objects.get(pk=second.id).state != JobState.PENDING, "published at once, not left to the relay"
     assert not publisher.broker_marked_down()
+    assert finished(second.id).state == JobState.SUCCEEDED
+    assert sorted(tasks.lines(path)) == ["1", "2"]
+
+
+def test_a_write_cut_off_mid_publish_retires_the_connection_and_publishes_on_a_new_one(
+    worker, tmp_path, monkeypatch
+):
+    from jobs import publisher
+
+    path = str(tmp_path / "out")
+    enqueue(tasks.record, path, "1")  # the process now keeps a publishing connection
+    kept = publisher._shared
+
+    def cut_off(data):
+        raise TimeoutError("timed out")  # socket.timeout, as a write that stalls raises
+
+    monkeypatch.setattr(kept.channel.connection.transport, "write", cut_off)
+    second = enqueue(tasks.record, path, "2")
+
+    assert kept.broken, "a connection cut mid-stream is never used again"
+    assert publisher._shared is not kept and not publisher.broker_marked_down()
+    assert Job.objects.get(pk=second.id).state != JobState.PENDING, "published on a new connection"
     assert finished(second.id).state == JobState.SUCCEEDED
     assert sorted(tasks.lines(path)) == ["1", "2"]
 

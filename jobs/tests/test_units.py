@@ -255,7 +255,7 @@ def test_publish_frames_are_byte_for_byte_what_py_amqp_writes(frame_max):
 @pytest.mark.django_db(transaction=True)
 def test_a_side_mark_that_gets_no_answer_gives_up_in_time(settings):
     """A database that stops answering the bulk publisher's side connection must not
-    hold the publisher (and the lock every enqueue of the process takes) for ever."""
+    hold the publish up for ever."""
     import datetime
     import time
 
@@ -263,14 +263,14 @@ def test_a_side_mark_that_gets_no_answer_gives_up_in_time(settings):
     from django.db import OperationalError, connection
     from django.utils import timezone
 
-    settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 0.5
     (job,) = enqueue_many(tasks.record, [("/tmp/x",)], run_after=timezone.now() + datetime.timedelta(days=1))
     params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
     blocker = psycopg2.connect(**params)
     try:
         with blocker.cursor() as cursor:  # holds the row's lock: the mark's UPDATE waits
             cursor.execute("SELECT 1 FROM jobs_job WHERE id = %s FOR UPDATE", [str(job.id)])
-        marks = ledger.BackgroundMarks()
+        marks = ledger.BackgroundMarks()  # connected with the default timeout
+        settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 0.5
         marks.mark([job.id], 0)
         started = time.monotonic()
         with pytest.raises((OperationalError, psycopg2.OperationalError), match="did not answer in time"):
@@ -278,3 +278,25 @@ def test_a_side_mark_that_gets_no_answer_gives_up_in_time(settings):
         assert time.monotonic() - started < 3
     finally:
         blocker.close()
+
+
+@pytest.mark.django_db
+def test_an_error_while_streaming_the_copy_comes_out_as_itself_and_writes_nothing(monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from jobs import services
+    from jobs.models import Job
+
+    real = services._new_row_values
+    seen = []
+
+    def values(job):
+        seen.append(job)
+        if len(seen) == 500:  # well into the COPY, after earlier rows were sent
+            raise SoftTimeLimitExceeded()
+        return real(job)
+
+    monkeypatch.setattr(services, "_new_row_values", values)
+    with pytest.raises(SoftTimeLimitExceeded):  # not psycopg2's "error in .read() call"
+        enqueue_many(tasks.record, [("/tmp/x",)] * 1000)
+    assert not Job.objects.exists()

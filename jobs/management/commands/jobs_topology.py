@@ -37,7 +37,7 @@ class Command(BaseCommand):
                 connection.ensure_connection(max_retries=1)
                 if fix or recreate:
                     before = topology.verify(connection)
-                    _refuse_exchange_drift(before)
+                    _refuse_exchange_drift(before, connection.virtual_host)
                     drifted = [r.name for r in before if r.status == "drift"] if fix else []
                     recreate = [*recreate, *(name for name in drifted if name not in recreate)]
                 for name in recreate:
@@ -54,7 +54,7 @@ class Command(BaseCommand):
                 f"Cannot reach RabbitMQ ({exc.__class__.__name__}: {exc}). "
                 "Is it running? Check CELERY_BROKER_URL."
             ) from None
-        _refuse_exchange_drift(reports)
+        _refuse_exchange_drift(reports, connection.virtual_host)
         drift = [r for r in reports if r.status == "drift"]
         for report in reports:
             line = f"{report.status:8} {report.name}"
@@ -71,7 +71,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("topology ok"))
 
 
-def _refuse_exchange_drift(reports) -> None:
+def _refuse_exchange_drift(reports, vhost: str) -> None:
     """An exchange that exists with another type or arguments: --fix and --recreate
     migrate queues only, so say what to do instead of failing on it as a queue."""
     exchanges = {topology.JOBS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE}
@@ -81,6 +81,6 @@ def _refuse_exchange_drift(reports) -> None:
                 f"The exchange {report.name!r} exists with other settings than the topology "
                 f"declares ({report.detail}). Exchanges are not migrated by this command: with "
                 "publishers and workers stopped, delete it (RabbitMQ's management UI, or "
-                f"`rabbitmqadmin delete exchange name={report.name}`), then run jobs_topology "
+                f"`rabbitmqadmin --vhost={vhost} delete exchange name={report.name}`), then run jobs_topology "
                 "again, which declares it and its bindings anew. Queues and their messages are kept."
             )
