@@ -175,6 +175,17 @@ class Bench:
         return enqueue, self.n / (end - ready)
 
     # -- (c) enqueue latency inside a transaction ----------------------------------
+    def yardstick(self) -> None:
+        """This machine's speed at the moment, with none of our code: a fixed
+        pure-Python loop in one process (median of 5). This VM's speed changes from
+        day to day (2 to 3 times, seen here), and every other figure with it."""
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            sum(i * i for i in range(1_000_000))
+            timings.append(time.perf_counter() - started)
+        self.results["z_yardstick_ms"] = median(timings) * 1000
+
     def latency(self) -> None:
         self.worker.stop()  # the queue only grows: nothing else competes for the cores
         self.purge()
@@ -400,6 +411,7 @@ class Bench:
 # drain takes leaves this VM's cores slower for a while afterwards (seen here:
 # (c) p50 1.17 -> 1.55 ms and p99 2.8 -> 4.5 ms after 60 s of two busy loops).
 STEPS = {
+    "yardstick": "yardstick",
     "latency": "latency",
     "idle": "idle_latency",
     "confirms": "confirms",
@@ -448,6 +460,7 @@ LABELS = [
     ("f_p99_ratio_1m_vs_10k", "(f) p99 at 1M / at 10k"),
     ("f_prune_seconds", "(f) prune_jobs --older-than 30d, seconds"),
     ("f_rows_after_prune_30d", "(f) ledger rows left after pruning"),
+    ("z_yardstick_ms", "machine yardstick: a fixed Python loop, ms (lower: faster)"),
 ]
 
 
