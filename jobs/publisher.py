@@ -76,7 +76,7 @@ class _ConfirmChannel:
         self.connection.ensure_connection(max_retries=0)
         self.channel = self.connection.channel()
         self.channel.confirm_select()
-        self.frames: frames.PublishFrames | None = None
+        self.frames = frames.PublishFrames(self.channel.channel_id, self.channel.connection.frame_max)
         self.broken = False
         self.next_tag = 1
         self.settled_below = 1
@@ -124,8 +124,6 @@ class _ConfirmChannel:
         # takes a small write: read what it said first, so that the caller's
         # reconnect sees the failure here and not after the write.
         self.poll()
-        if self.frames is None or self.frames.body_max != connection.frame_max - 8:
-            self.frames = frames.PublishFrames(self.channel.channel_id, connection.frame_max)
         data = memoryview(
             b"".join(
                 self.frames.publish(message, topology.JOBS_EXCHANGE, queue, True)
@@ -301,9 +299,9 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
                     channel = _channel()
                     tags = channel.send(messages, timeout)
                 in_flight.append((channel, chunk, messages, tags, time.monotonic() + timeout))
-                channel.poll()
-                # Waits for the oldest chunk once enough are unconfirmed: a publish of
-                # a million jobs keeps a bounded number of messages, and of RabbitMQ's work.
+                # send() took in the confirms that had come before it wrote. Waits for
+                # the oldest chunk once enough are unconfirmed: a publish of a million
+                # jobs keeps a bounded number of messages, and of RabbitMQ's work.
                 confirmed = _take_confirmed(in_flight, wait=len(in_flight) >= MAX_CHUNKS_IN_FLIGHT)
             published += confirmed
             mark_queued(confirmed)

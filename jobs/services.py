@@ -196,7 +196,7 @@ def enqueue_many(
             f"publish_batch_size must be a whole number of 1 or more, not {publish_batch_size!r}."
         )
     signature = inspect.signature(task.run)
-    new_job = _new_job_factory(
+    new_job = ledger.job_factory(
         task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after
     )
     jobs = []
@@ -211,32 +211,11 @@ def enqueue_many(
             fitting_shapes.add(shape)
         except EnqueueError as exc:
             raise EnqueueError(f"Call {n}: {exc}") from None
-        jobs.append(new_job(list(args), kwargs))
+        jobs.append(new_job(id=uuid.uuid4(), args=list(args), kwargs=kwargs))
     _insert_rows(jobs)
     if run_after is None or run_after <= timezone.now():
         after_commit(publish_jobs, jobs, chunk_size=publish_batch_size)
     return jobs
-
-
-def _new_job_factory(**common):
-    """Returns new_job(args, kwargs) -> an unsaved pending Job with `common` set.
-
-    Builds each Job from positional values in field order, Django's fast path:
-    with keyword arguments, Model.__init__ took most of enqueue_many's own time.
-    """
-    fields = [field.attname for field in Job._meta.concrete_fields]
-    # What Job(**common) would hold: "" for a text field without a default, not None.
-    values = {field.attname: field.get_default() for field in Job._meta.concrete_fields}
-    values.update(common)
-    template = [values[name] for name in fields]
-    at_id, at_args, at_kwargs, at_created = (fields.index(n) for n in ("id", "args", "kwargs", "created_at"))
-
-    def new_job(args: list, kwargs: dict) -> Job:
-        row = template.copy()
-        row[at_id], row[at_args], row[at_kwargs], row[at_created] = uuid.uuid4(), args, kwargs, None
-        return Job(*row)
-
-    return new_job
 
 
 # A new ledger row is written with these columns, by enqueue (one prepared INSERT)
