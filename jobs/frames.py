@@ -21,8 +21,9 @@ from amqp.serialization import _write_item, dumps
 _FRAME_HEADER = Struct(">BHI")  # type, channel, payload size
 _FRAME_END = b"\xce"
 _HEADER_START = Struct(">HHQ")  # class id, weight, body size
+assert spec.Basic.Publish[0] == 60
 _SHORT_LEN = Struct("B")
-_LONG_LEN = Struct(">I")
+LONG_LEN = Struct(">I")
 _LONG_STR = Struct(">cI")
 _INT = Struct(">ci")
 
@@ -35,16 +36,17 @@ def _frame(type_: int, channel: int, payload: bytes) -> bytes:
     return b"".join((_FRAME_HEADER.pack(type_, channel, len(payload)), payload, _FRAME_END))
 
 
-def _shortstr(value) -> bytes:
+def shortstr(value) -> bytes:
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogatepass")
     return _SHORT_LEN.pack(len(value)) + value
 
 
-def _table(table: dict) -> bytes:
+def table_items(table: dict) -> bytes:
+    """The items of a field table, without the table's length in front."""
     parts = []
     for key, value in table.items():
-        parts.append(_shortstr(key))
+        parts.append(shortstr(key))
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogatepass")
             parts.append(_LONG_STR.pack(b"S", len(value)))
@@ -58,8 +60,21 @@ def _table(table: dict) -> bytes:
                 _write_item(value, parts.append, [])  # any other type, as py-amqp writes it
             except ValueError:
                 raise FrameSyntaxError(f"Table type {type(value)!r} for key {key!r} not handled") from None
-    data = b"".join(parts)
-    return _LONG_LEN.pack(len(data)) + data
+    return b"".join(parts)
+
+
+def _table(table: dict) -> bytes:
+    data = table_items(table)
+    return LONG_LEN.pack(len(data)) + data
+
+
+def property_flags(names) -> bytes:
+    """The flag word of a content header whose properties are exactly `names`."""
+    flags = 0
+    for shift, (name, _) in zip(range(15, 0, -1), _PROPERTIES, strict=False):
+        if name in names:
+            flags |= 1 << shift
+    return pack(">H", flags)
 
 
 def properties(message: amqp.Message) -> bytes:
@@ -72,7 +87,7 @@ def properties(message: amqp.Message) -> bytes:
             continue
         flags |= 1 << shift
         if kind == "s":
-            parts.append(_shortstr(value or ""))
+            parts.append(shortstr(value or ""))
         elif kind == "o":
             parts.append(_SHORT_LEN.pack(value))
         elif kind == "F":
@@ -105,8 +120,22 @@ class PublishFrames:
         body = message.body
         if isinstance(body, str):
             body = body.encode(message.properties.setdefault("content_encoding", "utf-8"))
-        header = _HEADER_START.pack(spec.Basic.Publish[0], 0, len(body)) + properties(message)
-        parts = [self.method(exchange, routing_key, mandatory), _frame(2, self.channel_id, header)]
-        for start in range(0, len(body), self.body_max):
-            parts.append(_frame(3, self.channel_id, body[start : start + self.body_max]))
+        return self.publish_raw(properties(message), body, exchange, routing_key, mandatory)
+
+    def publish_raw(
+        self, properties: bytes, body: bytes, exchange: str, routing_key: str, mandatory: bool
+    ) -> bytes:
+        """The frames of one message whose property flags and list are `properties`."""
+        channel_id = self.channel_id
+        header = _HEADER_START.pack(60, 0, len(body)) + properties  # 60: the Basic class
+        parts = [
+            self.method(exchange, routing_key, mandatory),
+            _FRAME_HEADER.pack(2, channel_id, len(header)), header, _FRAME_END,
+        ]  # fmt: skip
+        if len(body) <= self.body_max:
+            if body:
+                parts += (_FRAME_HEADER.pack(3, channel_id, len(body)), body, _FRAME_END)
+        else:
+            for start in range(0, len(body), self.body_max):
+                parts.append(_frame(3, channel_id, body[start : start + self.body_max]))
         return b"".join(parts)

@@ -252,6 +252,50 @@ def test_publish_frames_are_byte_for_byte_what_py_amqp_writes(frame_max):
         frames.publish(amqp.Message(b"", application_headers={"x": object()}), "jobs", "default", True)
 
 
+@pytest.mark.parametrize("frame_max", [131072, 4096])
+def test_job_frames_are_the_frames_of_build_message(frame_max):
+    """The publisher frames a job's message from its fields (JobFrames); the bytes
+    must be those of the message build_message makes, framed the general way."""
+    import random
+    import uuid
+
+    from jobs.frames import PublishFrames
+    from jobs.models import Job
+    from jobs.publisher import JobFrames, build_message
+
+    rng = random.Random(7)
+
+    def value(depth=0):
+        kind = rng.randrange(7 if depth < 2 else 5)
+        if kind == 0:
+            return rng.randrange(-(2**40), 2**40)
+        if kind == 1:
+            return "".join(rng.choice("aé中\U0001f600'\"\\\n ") for _ in range(rng.randrange(12)))
+        if kind == 2:
+            return rng.choice([True, False, None])
+        if kind == 3:
+            return rng.random()
+        if kind == 4:
+            return "x" * rng.choice([0, 1100, 20_000])  # reprs cut at 1024; bodies over a frame
+        if kind == 5:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {f"k{n}": value(depth + 1) for n in range(rng.randrange(4))}
+
+    frames = PublishFrames(channel_id=3, frame_max=frame_max)
+    job_frames = JobFrames(frames)
+    for n in range(500):
+        job = Job(
+            id=uuid.uuid4(),
+            task_name=rng.choice(["jobs.tests.record", "invoices.generate_pdf", "tâche.é"]),
+            args=[value() for _ in range(rng.randrange(4))],
+            kwargs={f"a{i}": value() for i in range(rng.randrange(3))},
+            priority=rng.choice([0, 1, 5, 9, 255, None]),
+        )
+        queue = rng.choice(["default", "emails"])
+        expected = frames.publish(build_message(job), "jobs", queue, True)
+        assert job_frames(job, "jobs", queue) == expected, (n, job.task_name, job.args, job.kwargs)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_side_mark_that_gets_no_answer_gives_up_in_time(settings):
     """A database that stops answering the bulk publisher's side connection must not
