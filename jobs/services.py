@@ -49,26 +49,34 @@ def resolve_task(task: Task | str) -> Task:
         ) from None
 
 
+# json.dumps makes a new encoder for each call with any option set.
+_strict_json = json.JSONEncoder(allow_nan=False).encode
+
+
 def _check_payload(
     task: Task, args: tuple, kwargs: dict, signature: inspect.Signature | None = None, bind: bool = True
-) -> None:
+) -> tuple[str, str]:
+    """Raises EnqueueError unless the arguments fit the task and are JSON within the
+    size limit; returns the JSON of `args` and of `kwargs` (ASCII: JSON's escapes)."""
     if bind:
         try:
             (signature or inspect.signature(task.run)).bind(*args, **kwargs)
         except TypeError as exc:
             raise EnqueueError(f"Arguments do not fit job {task.name!r}: {exc}.") from None
     try:
-        encoded = json.dumps([args, kwargs], allow_nan=False)
+        args_json, kwargs_json = _strict_json(args), _strict_json(kwargs)
     except (TypeError, ValueError) as exc:
         raise EnqueueError(
             f"Arguments of {task.name!r} must be JSON (ids, strings, numbers, lists, dicts): {exc}."
         ) from None
+    size = len(args_json) + len(kwargs_json) + 4  # as the list [args, kwargs]
     limit = settings.JOBS_MAX_PAYLOAD_BYTES
-    if len(encoded.encode()) > limit:
+    if size > limit:
         raise EnqueueError(
-            f"Arguments of {task.name!r} are {len(encoded.encode()):,} bytes; the limit is {limit:,}. "
+            f"Arguments of {task.name!r} are {size:,} bytes; the limit is {limit:,}. "
             "Pass ids and let the job load the data."
         )
+    return args_json, kwargs_json
 
 
 def enqueue(
@@ -199,7 +207,7 @@ def enqueue_many(
     new_job = ledger.job_factory(
         task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after
     )
-    jobs = []
+    jobs, payloads = [], []
     # Whether arguments fit the signature depends only on their count and keyword
     # names: one check per shape, not per call.
     fitting_shapes = set()
@@ -207,12 +215,12 @@ def enqueue_many(
         args, kwargs = ((), dict(call)) if isinstance(call, dict) else (tuple(call), {})
         shape = (len(args), tuple(kwargs))
         try:
-            _check_payload(task, args, kwargs, signature, bind=shape not in fitting_shapes)
+            payloads.append(_check_payload(task, args, kwargs, signature, bind=shape not in fitting_shapes))
             fitting_shapes.add(shape)
         except EnqueueError as exc:
             raise EnqueueError(f"Call {n}: {exc}") from None
         jobs.append(new_job(id=uuid.uuid4(), args=list(args), kwargs=kwargs))
-    _insert_rows(jobs)
+    _insert_rows(jobs, payloads)
     if run_after is None or run_after <= timezone.now():
         after_commit(publish_jobs, jobs, chunk_size=publish_batch_size)
     return jobs
@@ -240,9 +248,11 @@ _INSERT_ROW = ledger.Statement(
 )
 
 
-def _new_row_values(job: Job) -> list:
-    """The values of _NEW_ROW_COLUMNS for `job`, in that order."""
-    return [str(job.id), job.task_name, json.dumps(job.args), json.dumps(job.kwargs), job.queue, job.priority,
+def _new_row_values(job: Job, payload: tuple[str, str] | None = None) -> list:
+    """The values of _NEW_ROW_COLUMNS for `job`, in that order; `payload` is the JSON
+    of its args and kwargs if already made (by _check_payload)."""
+    args_json, kwargs_json = payload or (json.dumps(job.args), json.dumps(job.kwargs))
+    return [str(job.id), job.task_name, args_json, kwargs_json, job.queue, job.priority,
             job.run_after, job.created_at, job.key, job.unique_key]  # fmt: skip
 
 
@@ -253,17 +263,17 @@ def _insert_row(job: Job) -> None:
     job._state.adding = False  # as after a save: the row exists now
 
 
-def _insert_rows(jobs: list[Job]) -> None:
+def _insert_rows(jobs: list[Job], payloads: list[tuple[str, str]]) -> None:
     # COPY, with the JSON already encoded: at bulk sizes Django's bulk_create spent
     # most of its time preparing fields row by row, and COPY beats a VALUES list.
     now = timezone.now()
     constants = list(_NEW_ROW_CONSTANTS.values())
 
     def rows():
-        for job in jobs:
+        for job, payload in zip(jobs, payloads, strict=True):
             job.created_at = now
             job._state.adding = False
-            yield [*_new_row_values(job), *constants]  # None is written as "": see FORCE_NULL
+            yield [*_new_row_values(job, payload), *constants]  # None is written as "": see FORCE_NULL
 
     reader = _CsvReader(rows())
     with transaction.atomic(), transaction.get_connection().cursor() as cursor:

@@ -334,11 +334,11 @@ def test_an_error_while_streaming_the_copy_comes_out_as_itself_and_writes_nothin
     real = services._new_row_values
     seen = []
 
-    def values(job):
+    def values(job, payload=None):
         seen.append(job)
         if len(seen) == 500:  # well into the COPY, after earlier rows were sent
             raise SoftTimeLimitExceeded()
-        return real(job)
+        return real(job, payload)
 
     monkeypatch.setattr(services, "_new_row_values", values)
     with pytest.raises(SoftTimeLimitExceeded):  # not psycopg2's "error in .read() call"
