@@ -257,6 +257,7 @@ class Bench:
         from amqp import Message
 
         body = b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+        message = Message(body, delivery_mode=2, priority=5, application_headers={"task": "bench.noop"})
         with self.app.connection_for_write() as conn:
             channel = conn.channel()
             channel.confirm_select()
@@ -277,39 +278,57 @@ class Bench:
                         routing_key=name,
                     )
                     timings.append(time.perf_counter() - started)
-                # The ceiling of any bulk enqueue: 10,000 persistent messages into this
-                # queue with every confirm outstanding and one wait at the end.
+                # 10,000 such messages into this queue with every confirm outstanding
+                # and one wait at the end: RabbitMQ's ceiling for small messages.
                 channel.queue_purge(name)
-                self.results[f"h_pipelined_v{version}_per_s"] = self.pipelined(conn, name, body)
+                self.results[f"h_pipelined_v{version}_per_s"] = self.pipelined(
+                    conn, lambda frames, queue=name: [frames.publish(message, "", queue, False)] * 10_000
+                )
                 channel.queue_delete(name)
                 self.results[f"h_confirm_v{version}_p50_ms"] = percentile(timings, 0.50) * 1000
                 self.results[f"h_confirm_v{version}_p99_ms"] = percentile(timings, 0.99) * 1000
             channel.close()
+        self.platform_messages_alone()
+
+    def platform_messages_alone(self, count: int = 10_000) -> None:
+        """RabbitMQ alone, fed the platform's own messages (a no-op job's: Celery's
+        headers, through the jobs exchange, mandatory, into the `default` queue),
+        built before the clock starts: the ceiling of a bulk enqueue of such jobs,
+        which the small message above is not (headers cost RabbitMQ per message)."""
+        import uuid
+
+        from bench.tasks import noop
+        from jobs import ledger, topology
+        from jobs.publisher import JobFrames
+
+        new_job = ledger.job_factory(task_name=noop.name, queue="default", priority=5, args=[], kwargs={})
+        jobs = [new_job(id=uuid.uuid4()) for _ in range(count)]
+        self.purge()
+        with self.app.connection_for_write() as conn:
+            self.results["h_pipelined_jobs_per_s"] = self.pipelined(
+                conn,
+                lambda frames: [JobFrames(frames)(job, topology.JOBS_EXCHANGE, job.queue) for job in jobs],
+            )
+        self.purge()
 
     @staticmethod
-    def pipelined(conn, queue: str, body: bytes, count: int = 10_000) -> float:
-        """Messages per second for `count` persistent publishes with every confirm
-        outstanding and one wait at the end, on a channel of its own. The frames go
-        out a thousand at a time, built by jobs.frames as the platform's bulk publish
-        builds them, so that the figure is RabbitMQ's, not py-amqp's serializer's."""
-        from amqp import Message
-
+    def pipelined(conn, messages_of) -> float:
+        """Messages per second for persistent publishes with every confirm outstanding
+        and one wait at the end, on a channel of its own. `messages_of(PublishFrames)`
+        gives each message's frames, built by jobs.frames as the platform's bulk
+        publish builds them, before the clock starts; they go out a thousand at a
+        time: the figure is RabbitMQ's, not a serializer's."""
         from jobs.frames import PublishFrames
 
         channel = conn.channel()
         channel.confirm_select()
         acked = [0]
         channel.events["basic_ack"].add(lambda tag, multiple: acked.__setitem__(0, max(acked[0], tag)))
-        frames = PublishFrames(channel.channel_id, channel.connection.frame_max)
+        messages = messages_of(PublishFrames(channel.channel_id, channel.connection.frame_max))
+        count = len(messages)
+        chunks = [b"".join(messages[start : start + 1000]) for start in range(0, count, 1000)]
         started = time.perf_counter()
-        for start in range(0, count, 1000):
-            data = b"".join(
-                frames.publish(
-                    Message(body, delivery_mode=2, priority=5, application_headers={"task": "bench.noop"}),
-                    "", queue, False,
-                )
-                for _ in range(start, min(count, start + 1000))
-            )  # fmt: skip
+        for data in chunks:
             channel.connection.transport.write(data)
         while acked[0] < count:
             conn.drain_events(timeout=10)
@@ -451,6 +470,7 @@ LABELS = [
     ("h_confirm_v2_p99_ms", "RabbitMQ confirm, classic queue v2 (ours), p99 ms"),
     ("h_pipelined_v1_per_s", "RabbitMQ alone, 10,000 pipelined confirms, v1, msg/s"),
     ("h_pipelined_v2_per_s", "RabbitMQ alone, 10,000 pipelined confirms, v2 (ours), msg/s"),
+    ("h_pipelined_jobs_per_s", "RabbitMQ alone, the same with no-op jobs' own messages, msg/s"),
     ("f_mb_per_100k_jobs", "(f) ledger size per 100k jobs, MB (table + indexes)"),
     ("f_10k_enqueue_p50_ms", "(f) enqueue p50 at 10k ledger rows, ms"),
     ("f_10k_enqueue_p99_ms", "(f) enqueue p99 at 10k ledger rows, ms"),
