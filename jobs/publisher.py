@@ -16,6 +16,7 @@ queue: a message no queue takes comes back as an error instead of being dropped.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -179,8 +180,11 @@ class _ConfirmChannel:
         return True
 
     def close(self):
+        """Drops the connection without AMQP's closing handshake: it is closed after a
+        failure, with the publisher held, and a broker that blocks publishers (a
+        memory or disk alarm) would never answer Connection.Close."""
         try:
-            self.connection.close()
+            self.connection.collect()
         except Exception:  # noqa: BLE001 - closing a broken connection
             pass
 
@@ -193,6 +197,26 @@ class UnroutableJob(Exception):
 # (a publish takes milliseconds) instead of each opening a connection of its own.
 _lock = threading.Lock()
 _shared: _ConfirmChannel | None = None
+
+
+class _LeftForTheRelay(Exception):
+    """This publish leaves its jobs to the relay, though the broker did not fail it."""
+
+
+@contextlib.contextmanager
+def _holding_publisher(timeout: float, force: bool):
+    """Holds the process's publisher for this thread, waiting at most `timeout` for
+    it: a thread whose publish is stuck on a stalled broker must not make every
+    other thread's enqueue wait its turn behind it. A publish that failed while this
+    one waited (the broker marked down) ends this one too, unless `force`."""
+    if not _lock.acquire(timeout=timeout):
+        raise _LeftForTheRelay(f"another thread held the publisher for over {timeout:g}s")
+    try:
+        if broker_marked_down() and not force:
+            raise _LeftForTheRelay("a publish in another thread has just failed")
+        yield
+    finally:
+        _lock.release()
 
 
 def _channel() -> _ConfirmChannel:
@@ -347,7 +371,7 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
     try:
         for start in range(0, len(jobs), chunk_size):
             chunk = jobs[start : start + chunk_size]
-            with _lock:
+            with _holding_publisher(timeout, force):
                 channel = _channel()
                 try:
                     tags = channel.send(chunk, timeout)
@@ -367,14 +391,20 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
             published += confirmed
             mark_queued(confirmed)
         while in_flight:
-            with _lock:
+            with _holding_publisher(timeout, force):
                 confirmed = _take_confirmed(in_flight, wait=True)
             published += confirmed
             mark_queued(confirmed)
+    except _LeftForTheRelay as exc:
+        logger.warning("%d job(s) stay pending for the relay: %s", len(jobs) - len(published), exc)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs pending
-        with _lock:
-            _drop_channel()
+        # Marked first: threads waiting for the publisher give up as they get it.
         _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
+        if _lock.acquire(timeout=timeout):
+            try:
+                _drop_channel()
+            finally:
+                _lock.release()
         logger.warning(
             "publish failed; %d job(s) stay pending for the relay: %s: %s",
             len(jobs) - len(published),

@@ -7,6 +7,7 @@ service whatever happens inside it, and waits until it answers again.
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -46,6 +47,37 @@ def rabbitmq_stopped():
         yield
     finally:
         restore_rabbitmq()
+
+
+@contextlib.contextmanager
+def rabbitmq_blocking_publishers():
+    """Sets off RabbitMQ's memory alarm (a high watermark of 1 byte), under which it
+    blocks every connection that publishes: no confirm comes. Puts the watermark
+    back on exit and waits for the alarm to clear."""
+
+    def memory_alarm() -> bool:
+        return "memory" in _rabbitmqctl_output("eval", "rabbit_alarm:get_alarms().")
+
+    before = _rabbitmqctl_output("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    absolute = re.fullmatch(r"\{absolute,\s*(\d+)\}", before)
+    if not (absolute or re.fullmatch(r"[0-9.]+", before)):
+        raise RuntimeError(f"unexpected memory high watermark {before!r}; not changing it")
+    _rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
+    try:
+        _wait(memory_alarm, 30, "RabbitMQ's memory alarm")
+        yield
+    finally:
+        if absolute:
+            _rabbitmqctl("set_vm_memory_high_watermark", "absolute", absolute.group(1))
+        else:
+            _rabbitmqctl("set_vm_memory_high_watermark", before)
+        _wait(lambda: not memory_alarm(), 30, "RabbitMQ's memory alarm clearing")
+
+
+def _rabbitmqctl_output(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
 
 
 def restore_rabbitmq() -> None:

@@ -203,6 +203,51 @@ def test_broker_down_for_20s_while_100_http_requests_enqueue(
     )  # fmt: skip
 
 
+def test_rabbitmq_blocking_publishers_holds_no_enqueue_past_its_own_timeout(
+    worker, relay, tmp_path, settings, reliability
+):
+    """Under a memory alarm RabbitMQ blocks publishers and no confirm comes. Eight
+    threads (a web server's, sharing the process's publisher) enqueue at once: each
+    must return within its own publish timeout, not one timeout per thread ahead of
+    it, and every job waits in PostgreSQL until the alarm clears, then runs once."""
+    settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 1.0
+    path = str(tmp_path / "out")
+    durations, ids, errors = [], [], []
+
+    def enqueue_one(n):
+        try:
+            started = time.monotonic()
+            ids.append(jobs.enqueue(tasks.record, path, f"t{n}").id)
+            durations.append(time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    with faults.rabbitmq_blocking_publishers():
+        threads = [threading.Thread(target=enqueue_one, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pending = Job.objects.filter(pk__in=ids, state=JobState.PENDING).count()
+
+    assert errors == []
+    assert max(durations) < 2.5, f"enqueue times {sorted(round(d, 2) for d in durations)}"
+    assert pending == 8, "all waited in PostgreSQL while RabbitMQ blocked publishers"
+    done = all_final(ids, timeout=60)
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert sorted(tasks.lines(path)) == sorted(f"t{n}" for n in range(8))
+    reliability.record(
+        "11", "RabbitMQ blocks publishers (memory alarm) while 8 threads enqueue at once",
+        "`rabbitmqctl set_vm_memory_high_watermark absolute 1`; JOBS_PUBLISH_TIMEOUT_SECONDS=1; 8 threads "
+        "sharing one process's publisher each enqueue a job",
+        f"every enqueue returned within {max(durations) * 1000:.0f} ms; 8 jobs `pending` during the alarm; "
+        "once it cleared the relay published them and all 8 `succeeded`, one effect each",
+        "test_rabbitmq_blocking_publishers_holds_no_enqueue_past_its_own_timeout",
+    )  # fmt: skip
+
+
 def test_terminated_database_sessions_are_retried_and_the_ledger_stays_consistent(
     worker, worker_env, reliability
 ):
