@@ -303,6 +303,7 @@ class Bench:
 
         new_job = ledger.job_factory(task_name=noop.name, queue="default", priority=5, args=[], kwargs={})
         jobs = [new_job(id=uuid.uuid4()) for _ in range(count)]
+        self.worker.stop()  # nothing consumes while RabbitMQ alone is measured
         self.purge()
         with self.app.connection_for_write() as conn:
             self.results["h_pipelined_jobs_per_s"] = self.pipelined(
