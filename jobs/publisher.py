@@ -182,8 +182,12 @@ class _ConfirmChannel:
     def close(self):
         """Drops the connection without AMQP's closing handshake: it is closed after a
         failure, with the publisher held, and a broker that blocks publishers (a
-        memory or disk alarm) would never answer Connection.Close."""
+        memory or disk alarm) would never answer Connection.Close. Over TLS, the
+        socket's unwrap still waits for the broker: at most half a second."""
         try:
+            transport = self.connection.transport
+            if getattr(transport, "sock", None) is not None:
+                transport.sock.settimeout(0.5)
             self.connection.collect()
         except Exception:  # noqa: BLE001 - closing a broken connection
             pass
@@ -208,13 +212,24 @@ def _holding_publisher(timeout: float, force: bool):
     """Holds the process's publisher for this thread, waiting at most `timeout` for
     it: a thread whose publish is stuck on a stalled broker must not make every
     other thread's enqueue wait its turn behind it. A publish that failed while this
-    one waited (the broker marked down) ends this one too, unless `force`."""
+    one waited (the broker marked down) ends this one too, unless `force`.
+
+    A failure under the publisher marks the broker down and drops the channel before
+    the publisher is let go: the next thread to hold it sees the mark, and never
+    gets the failed channel.
+    """
+    global _broker_down_until
     if not _lock.acquire(timeout=timeout):
         raise _LeftForTheRelay(f"another thread held the publisher for over {timeout:g}s")
     try:
         if broker_marked_down() and not force:
             raise _LeftForTheRelay("a publish in another thread has just failed")
-        yield
+        try:
+            yield
+        except Exception:
+            _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
+            _drop_channel()
+            raise
     finally:
         _lock.release()
 
@@ -358,7 +373,6 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
     broker failure is logged, never raised. With `force`, a recent failure does not
     stop the attempt (the relay uses it to probe the broker).
     """
-    global _broker_down_until
     if not jobs or (broker_marked_down() and not force):
         return []
     timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
@@ -398,13 +412,7 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
     except _LeftForTheRelay as exc:
         logger.warning("%d job(s) stay pending for the relay: %s", len(jobs) - len(published), exc)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs pending
-        # Marked first: threads waiting for the publisher give up as they get it.
-        _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
-        if _lock.acquire(timeout=timeout):
-            try:
-                _drop_channel()
-            finally:
-                _lock.release()
+        # A failure under the publisher has marked the broker down already.
         logger.warning(
             "publish failed; %d job(s) stay pending for the relay: %s: %s",
             len(jobs) - len(published),

@@ -344,3 +344,54 @@ def test_an_error_while_streaming_the_copy_comes_out_as_itself_and_writes_nothin
     with pytest.raises(SoftTimeLimitExceeded):  # not psycopg2's "error in .read() call"
         enqueue_many(tasks.record, [("/tmp/x",)] * 1000)
     assert not Job.objects.exists()
+
+
+def test_a_failed_publish_marks_the_broker_down_and_drops_its_channel_before_letting_go(monkeypatch):
+    """Threads of a process take turns on one publisher. When a publish fails, the
+    thread waiting for the publisher must find the broker marked down as it gets it,
+    never the failed channel: that thread would wait out a timeout of its own on it,
+    and the failed thread could then drop the fresh channel that thread opened."""
+    import threading
+    import uuid
+
+    from jobs import publisher
+    from jobs.models import Job
+
+    opened = []
+
+    class RefusedChannel:
+        broken = False
+
+        def __init__(self):
+            opened.append(self)
+
+        def send(self, jobs, timeout):
+            raise ConnectionRefusedError("the broker is down")
+
+        def close(self):
+            pass
+
+    class SeenOnRelease:
+        """The publisher's lock, noting what the next holder would find."""
+
+        def __init__(self):
+            self.lock, self.seen = threading.Lock(), []
+
+        def acquire(self, timeout=-1):
+            return self.lock.acquire(timeout=timeout)
+
+        def release(self):
+            self.seen.append((publisher.broker_marked_down(), publisher._shared))
+            self.lock.release()
+
+    lock = SeenOnRelease()
+    monkeypatch.setattr(publisher, "_ConfirmChannel", RefusedChannel)
+    monkeypatch.setattr(publisher, "_lock", lock)
+    monkeypatch.setattr(publisher, "_shared", None)
+    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
+
+    job = Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
+    assert publisher.publish_jobs([job]) == []
+    assert len(opened) == 2, "a kept channel that fails is replaced once"
+    assert lock.seen == [(True, None)]
+    assert publisher.publish_jobs([job]) == [] and len(opened) == 2, "marked down: no attempt"
