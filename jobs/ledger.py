@@ -293,9 +293,11 @@ def job_factory(**fixed):
     if unknown:
         raise TypeError(f"Job has no field(s) {sorted(unknown)}")
     template.update(fixed)
-    new = Job.__new__
+    new, names = Job.__new__, template.keys()
 
     def build(**values) -> Job:
+        if not values.keys() <= names:
+            raise TypeError(f"Job has no field(s) {sorted(values.keys() - names)}")
         job = new(Job)
         attributes = job.__dict__
         attributes.update(template)

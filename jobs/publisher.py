@@ -303,7 +303,7 @@ class JobFrames:
     bytes around those, made once per task name, with the fields put in between.
     A unit test compares the result with `PublishFrames.publish(build_message(job))`
     for jobs of every kind; a job this layout does not cover (a priority that is not
-    a small int) goes the general way.
+    a small int, an id that is not a UUID's 36 characters) goes the general way.
     """
 
     _FLAGS = frames.property_flags(
@@ -319,10 +319,9 @@ class JobFrames:
         self._props_head = self._FLAGS + frames.shortstr("application/json") + frames.shortstr("utf-8")
 
     def __call__(self, job: Job, exchange: str, routing_key: str) -> bytes:
-        priority = job.priority
-        if type(priority) is not int or not 0 <= priority <= 255:
+        priority, task_id = job.priority, str(job.id).encode()
+        if type(priority) is not int or not 0 <= priority <= 255 or len(task_id) != 36:
             return self.frames.publish(build_message(job), exchange, routing_key, True)
-        task_id = str(job.id).encode()
         before_id, between_ids = self._around_ids.get(job.task_name) or self._pieces_around_ids(job.task_name)
         args, kwargs = list(job.args), dict(job.kwargs)
         argsrepr = repr(tuple(args))[:1024].encode("utf-8", "surrogatepass")
