@@ -62,8 +62,8 @@ def rabbitmq_blocking_publishers():
     absolute = re.fullmatch(r"\{absolute,\s*(\d+)\}", before)
     if not (absolute or re.fullmatch(r"[0-9.]+", before)):
         raise RuntimeError(f"unexpected memory high watermark {before!r}; not changing it")
-    _rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
     try:
+        _rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
         _wait(memory_alarm, 30, "RabbitMQ's memory alarm")
         yield
     finally:

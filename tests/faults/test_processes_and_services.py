@@ -1,6 +1,7 @@
 """Scenarios 1-6 of the fault suite: killed workers, a restarted or absent broker,
 terminated database sessions and a stopped Redis. Each restores what it breaks."""
 
+import collections
 import json
 import os
 import signal
@@ -30,13 +31,24 @@ pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]
 FINAL = [JobState.SUCCEEDED, JobState.DEAD]
 
 
-def all_final(ids, timeout=120.0):
-    wait_for(
-        lambda: Job.objects.filter(pk__in=ids, state__in=FINAL).count() == len(ids),
-        timeout=timeout,
-        interval=0.25,
-        message=f"{len(ids)} jobs to finish",
-    )
+def all_final(ids, timeout=120.0, worker=None):
+    """The jobs of `ids`, once every one is final; on a timeout, fails saying where
+    the others are (and what the worker said last, if given)."""
+    try:
+        wait_for(
+            lambda: Job.objects.filter(pk__in=ids, state__in=FINAL).count() == len(ids),
+            timeout=timeout,
+            interval=0.25,
+            message=f"{len(ids)} jobs to finish",
+        )
+    except pytest.fail.Exception as exc:
+        jobs_ = Job.objects.filter(pk__in=ids)
+        states = collections.Counter(jobs_.values_list("state", flat=True))
+        waiting = list(
+            jobs_.exclude(state__in=FINAL).values_list("id", "state", "attempts", "last_error")[:5]
+        )
+        said = worker.log()[-3000:] if worker else ""
+        pytest.fail(f"{exc}; states {dict(states)}; for example {waiting}\n{said}")
     return Job.objects.filter(pk__in=ids)
 
 
@@ -268,7 +280,7 @@ def test_terminated_database_sessions_are_retried_and_the_ledger_stays_consisten
         time.sleep(0.25)
         terminated += faults.terminate_connections(database, keep=(ours,))
 
-    done = all_final(job_ids, timeout=120)
+    done = all_final(job_ids, timeout=120, worker=worker)
     states = {job.state for job in done}
     assert states == {JobState.SUCCEEDED}, [
         (j.id, j.state, j.last_error) for j in done if j.state != "succeeded"
