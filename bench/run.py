@@ -305,11 +305,13 @@ class Bench:
         jobs = [new_job(id=uuid.uuid4()) for _ in range(count)]
         self.worker.stop()  # nothing consumes while RabbitMQ alone is measured
         self.purge()
+
+        def messages_of(frames):
+            job_frames = JobFrames(frames)
+            return [job_frames(job, topology.JOBS_EXCHANGE, job.queue) for job in jobs]
+
         with self.app.connection_for_write() as conn:
-            self.results["h_pipelined_jobs_per_s"] = self.pipelined(
-                conn,
-                lambda frames: [JobFrames(frames)(job, topology.JOBS_EXCHANGE, job.queue) for job in jobs],
-            )
+            self.results["h_pipelined_jobs_per_s"] = self.pipelined(conn, messages_of)
         self.purge()
 
     @staticmethod
