@@ -272,7 +272,7 @@ def reliability():
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when == "call" or (report.when == "setup" and report.failed):
-        _REPORT.outcome(item.name, report.passed)
+        _REPORT.outcome(getattr(item, "originalname", item.name), report.passed)
     return report
 
 

@@ -15,19 +15,19 @@ class Row:
     injection: str
     observed: str
     test: str
-    passed: bool | None = None
 
 
 @dataclass
 class ReliabilityReport:
     rows: dict[str, Row] = field(default_factory=dict)
+    # By test function: a parametrized test passes only if every one of its cases did.
+    passed: dict[str, bool] = field(default_factory=dict)
 
     def record(self, number: str, scenario: str, injection: str, observed: str, test: str) -> None:
         self.rows[test] = Row(number, scenario, injection, observed, test)
 
     def outcome(self, test: str, passed: bool) -> None:
-        if test in self.rows:
-            self.rows[test].passed = passed
+        self.passed[test] = self.passed.get(test, True) and passed
 
     def write(self, path: Path, command: str) -> None:
         def order(row: Row):
@@ -52,7 +52,7 @@ class ReliabilityReport:
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in rows:
-            result = {True: "pass", False: "FAIL", None: "not run"}[r.passed]
+            result = {True: "pass", False: "FAIL", None: "not run"}[self.passed.get(r.test)]
             cells = [r.number, r.scenario, r.injection, r.observed, result, f"`{r.test}`"]
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         lines.append("")
