@@ -22,7 +22,7 @@ from invoices.models import (
 )
 from invoices.pdf import render_pdf
 from invoices.signals import invoice_paid, pdf_ready
-from invoices.storage import write_atomically
+from invoices.storage import remove_partial_files, write_atomically
 from jobs.base import PermanentJobError
 from jobs.models import Job, JobState
 from jobs.services import invalidate_cache_on_commit
@@ -190,6 +190,8 @@ def generate_pdf(invoice_id: int, *, email_to_customer: bool = False) -> str:
         fingerprint = selectors.document_fingerprint(document)
         name = pdf_name(invoice.id, fingerprint)
         rendered = False
+        # A run killed while writing (its worker SIGKILLed) left its temporary file.
+        remove_partial_files(default_storage, name)
         if not (invoice.pdf_fingerprint == fingerprint and default_storage.exists(name)):
             if not default_storage.exists(name):
                 write_atomically(default_storage, name, render_pdf(document))

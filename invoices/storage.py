@@ -8,6 +8,31 @@ import tempfile
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 
+_PARTIAL_PREFIX, _PARTIAL_SUFFIX = ".tmp-", ".part"
+
+
+def remove_partial_files(storage: Storage, name: str) -> int:
+    """Removes the temporary files that writers killed mid-write (SIGKILL, a lost
+    machine) left in the folder of `name`; returns how many.
+
+    Only for a caller that holds whatever serializes the writers of that folder (the
+    invoice's row lock): a temporary file there then belongs to no live writer.
+    """
+    try:
+        directory = os.path.dirname(storage.path(name))
+        entries = os.listdir(directory)
+    except (NotImplementedError, FileNotFoundError):
+        return 0
+    removed = 0
+    for entry in entries:
+        if entry.startswith(_PARTIAL_PREFIX) and entry.endswith(_PARTIAL_SUFFIX):
+            try:
+                os.unlink(os.path.join(directory, entry))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
 
 def write_atomically(storage: Storage, name: str, data: bytes) -> str:
     """Stores `data` under `name`, replacing any file there, all or nothing.
@@ -25,7 +50,7 @@ def write_atomically(storage: Storage, name: str, data: bytes) -> str:
         return storage.save(name, ContentFile(data))
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=_PARTIAL_PREFIX, suffix=_PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -94,6 +94,19 @@ def test_pdf_job_run_twice_stores_one_file(worker):
     assert len(os.listdir(os.path.dirname(default_storage.path(invoice.pdf.name)))) == 1
 
 
+def test_a_run_after_one_killed_mid_write_leaves_no_temporary_file():
+    """A worker SIGKILLed while writing the PDF leaves its temporary file; the job's
+    next run (holding the invoice's row lock) removes it and stores the one PDF."""
+    invoice = make_invoice()
+    folder = os.path.dirname(default_storage.path(services.pdf_name(invoice.id, "0" * 16)))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".tmp-killed.part"), "wb") as fh:
+        fh.write(b"%PDF-1.7 half of a file")
+    services.generate_pdf(invoice.id)
+    invoice.refresh_from_db()
+    assert os.listdir(folder) == [os.path.basename(invoice.pdf.name)]
+
+
 def test_edited_invoice_gets_a_fresh_pdf(worker):
     invoice = make_invoice(lines=2)
     assert finished(services.request_pdf(invoice).id).state == JobState.SUCCEEDED
