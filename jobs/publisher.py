@@ -69,14 +69,22 @@ class _ConfirmChannel:
     messages is acked and none came back.
     """
 
-    def __init__(self):
+    def __init__(self, timeout: float):
         app = _celery_app()
         # No heartbeats: nothing would send them while the process is idle, and the
         # broker would close the connection; a dead one is detected on next use.
         self.connection = app.connection_for_write(heartbeat=0)
-        self.connection.ensure_connection(max_retries=0)
-        self.channel = self.connection.channel()
-        self.channel.confirm_select()
+        self.connection.ensure_connection(max_retries=0)  # CELERY_BROKER_CONNECTION_TIMEOUT
+        # Opening the channel waits for the broker's answers, with no timeout of its
+        # own: a broker that hangs right after the handshake would hold this thread,
+        # and the publisher, forever.
+        try:
+            with self.connection.connection.transport.having_timeout(timeout):
+                self.channel = self.connection.channel()
+                self.channel.confirm_select()
+        except BaseException:
+            self.close()
+            raise
         self.frames = JobFrames(
             frames.PublishFrames(self.channel.channel_id, self.channel.connection.frame_max)
         )
@@ -239,7 +247,7 @@ def _channel() -> _ConfirmChannel:
     if _shared is not None and _shared.broken:
         _drop_channel()
     if _shared is None:
-        _shared = _ConfirmChannel()
+        _shared = _ConfirmChannel(settings.JOBS_PUBLISH_TIMEOUT_SECONDS)
     return _shared
 
 

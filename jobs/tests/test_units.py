@@ -1,5 +1,7 @@
 """Narrow unit tests: pure functions and validation that needs no worker."""
 
+import time
+
 import pytest
 
 from jobs import ledger
@@ -367,7 +369,7 @@ def test_a_failed_publish_marks_the_broker_down_and_drops_its_channel_before_let
     class RefusedChannel:
         broken = False
 
-        def __init__(self):
+        def __init__(self, timeout):
             opened.append(self)
 
         def send(self, jobs, timeout):
@@ -418,3 +420,34 @@ def test_the_reliability_report_fails_a_parametrized_test_if_any_of_its_cases_fa
     assert "| FAIL | `test_cases` |" in text
     assert "| pass | `test_plain` |" in text
     assert "| not run | `test_never_ran` |" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_that_answers_nothing_after_the_handshake_fails_the_publish_in_time(settings, monkeypatch):
+    """Opening the publisher's channel waits for RabbitMQ's answers: a broker that
+    hangs right after the connection handshake must fail the publish within its
+    timeout (the job stays pending for the relay), not hold the publisher forever."""
+    import threading
+    import uuid
+
+    import amqp
+
+    from jobs import publisher
+    from jobs.models import Job
+
+    settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 0.5
+    monkeypatch.setattr(publisher, "_shared", None)
+    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
+    monkeypatch.setattr(publisher, "_lock", threading.Lock())  # a hung thread keeps its own
+    # The real connection to the real broker, whose Channel.Open then gets no answer.
+    monkeypatch.setattr(amqp.Channel, "open", lambda channel: channel.connection.drain_events())
+    job = Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
+    published = []
+    thread = threading.Thread(target=lambda: published.append(publisher.publish_jobs([job])), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(10)
+
+    assert not thread.is_alive(), "the publish still waits for the broker"
+    assert published == [[]] and time.monotonic() - started < 3
+    assert publisher.broker_marked_down() and publisher._shared is None
