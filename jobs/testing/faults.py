@@ -7,7 +7,9 @@ service whatever happens inside it, and waits until it answers again.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -72,6 +74,22 @@ def rabbitmq_blocking_publishers():
         else:
             _rabbitmqctl("set_vm_memory_high_watermark", before)
         _wait(lambda: not memory_alarm(), 30, "RabbitMQ's memory alarm clearing")
+
+
+@contextlib.contextmanager
+def rabbitmq_frozen():
+    """Freezes the RabbitMQ node's process (SIGSTOP): its port still takes TCP
+    connections, as the kernel completes them, but nothing answers or confirms (a
+    hung broker, a VM paused by its host). Resumes it (SIGCONT) on exit and waits
+    until it answers again. bin/services also resumes a node left frozen."""
+    pid = int(_rabbitmqctl_output("eval", "os:getpid().").strip().strip('"'))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        _rabbitmqctl("await_startup")
+        _wait(lambda: _port_open(5672), 60, "RabbitMQ answering again")
 
 
 def _rabbitmqctl_output(*args: str) -> str:

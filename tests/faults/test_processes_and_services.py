@@ -265,6 +265,47 @@ def test_rabbitmq_blocking_publishers_holds_no_enqueue_past_its_own_timeout(
     )  # fmt: skip
 
 
+def test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing(
+    worker, relay, tmp_path, settings, monkeypatch, reliability
+):
+    """RabbitMQ's process stopped (SIGSTOP): its port still accepts TCP connections
+    but nothing answers. Enqueues paced over 7 s meet the kept connection (no confirm
+    comes), the backoff after its failure, and new connections whose handshake gets
+    no answer: each returns within its publish timeout or two, the jobs wait in
+    PostgreSQL, and once RabbitMQ resumes each runs once, even those whose message
+    it had taken before it froze."""
+    from jobs import publisher
+
+    settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 1.0
+    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)  # the next test has no relay
+    path = str(tmp_path / "out")
+    warm = jobs.enqueue(tasks.record, path, "warm")  # the publisher's connection is open
+    all_final([warm.id], timeout=30, worker=worker)
+    durations, ids = [], []
+
+    with faults.rabbitmq_frozen():
+        for n in range(8):
+            started = time.monotonic()
+            ids.append(jobs.enqueue(tasks.record, path, f"f{n}").id)
+            durations.append(time.monotonic() - started)
+            time.sleep(max(0.0, 0.9 - durations[-1]))
+        waiting = Job.objects.filter(pk__in=ids, state=JobState.PENDING).count()
+
+    assert max(durations) < 2.5, f"enqueue times {[round(d, 2) for d in durations]}"
+    assert waiting == 8, "all waited in PostgreSQL while RabbitMQ was frozen"
+    done = all_final(ids, timeout=90, worker=worker)
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert sorted(tasks.lines(path)) == sorted(["warm"] + [f"f{n}" for n in range(8)]), "each effect once"
+    reliability.record(
+        "12", "RabbitMQ frozen (SIGSTOP) while the app enqueues",
+        "SIGSTOP of the RabbitMQ node's process for about 8 s, then SIGCONT; JOBS_PUBLISH_TIMEOUT_SECONDS=1; "
+        "8 single enqueues 0.9 s apart on a publisher whose connection was open",
+        f"enqueue times {', '.join(f'{d * 1000:.0f}' for d in durations)} ms; all 8 `pending` while frozen; "
+        "after SIGCONT the relay published them and all 8 `succeeded`, one effect each",
+        "test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing",
+    )  # fmt: skip
+
+
 def test_terminated_database_sessions_are_retried_and_the_ledger_stays_consistent(
     worker, worker_env, reliability
 ):
