@@ -250,6 +250,38 @@ class Bench:
         self.results["g_bulk_enqueue_per_s"] = median(rates)
         self.purge()
 
+    def relay(self, count: int = 10_000) -> None:
+        """The relay clearing a backlog, as a broker outage leaves one: `count`
+        pending no-ops, published and marked `queued` by the relay's own loop
+        (`relay_until_drained`, as `manage.py relay` runs it), the median of `rounds`."""
+        import datetime
+
+        from django.utils import timezone
+
+        import jobs
+        from bench.tasks import noop
+        from jobs.models import Job
+        from jobs.relay import relay_until_drained
+
+        self.worker.stop()
+        rates = []
+        for _ in range(self.rounds):
+            self.purge()
+            # Deferred a moment: left pending by enqueue_many, due for the relay after.
+            due = timezone.now() + datetime.timedelta(seconds=2)
+            batch = jobs.enqueue_many(noop, [() for _ in range(count)], run_after=due)
+            time.sleep(max(0.0, (due - timezone.now()).total_seconds()) + 0.05)
+            started = time.monotonic()
+            sent = relay_until_drained(grace_seconds=0)
+            elapsed = time.monotonic() - started
+            queued = Job.objects.filter(pk__in=[j.id for j in batch], state="queued").count()
+            if sent != count or queued != count:
+                raise RuntimeError(f"relay: {sent} published and {queued} queued of {count}")
+            rates.append(count / elapsed)
+        self.rounds_seen["relay"] = rates
+        self.results["g_relay_backlog_per_s"] = median(rates)
+        self.purge()
+
     # -- RabbitMQ alone: confirm latency by classic queue version -----------------------
     def confirms(self, samples: int = 2000) -> None:
         """One persistent message at a time into a priority queue, waiting for each
@@ -438,6 +470,7 @@ STEPS = {
     "idle": "idle_latency",
     "confirms": "confirms",
     "bulk": "bulk",
+    "relay": "relay",
     "drain": "drain",
     "pdf": "pdfs",
     "ledger": "ledger",
@@ -467,6 +500,7 @@ LABELS = [
     ("d_idle_start_p99_ms", "(d) idle enqueue-to-start, p99 ms"),
     ("e_pdf_jobs_per_s", "(e) PDF jobs (10 lines), 2 processes, jobs/s"),
     ("g_bulk_enqueue_per_s", "bulk enqueue_many of 10,000, committed + confirmed, jobs/s"),
+    ("g_relay_backlog_per_s", "relay clearing a backlog of 10,000 pending jobs, jobs/s"),
     ("h_confirm_v1_p50_ms", "RabbitMQ confirm, classic queue v1, p50 ms"),
     ("h_confirm_v1_p99_ms", "RabbitMQ confirm, classic queue v1, p99 ms"),
     ("h_confirm_v2_p50_ms", "RabbitMQ confirm, classic queue v2 (ours), p50 ms"),
