@@ -75,11 +75,13 @@ class _ConfirmChannel:
         # broker would close the connection; a dead one is detected on next use.
         self.connection = app.connection_for_write(heartbeat=0)
         self.connection.ensure_connection(max_retries=0)  # CELERY_BROKER_CONNECTION_TIMEOUT
+        # py-amqp's transport, which holds the socket (kombu's has none).
+        self.transport = self.connection.connection.transport
         # Opening the channel waits for the broker's answers, with no timeout of its
         # own: a broker that hangs right after the handshake would hold this thread,
         # and the publisher, forever.
         try:
-            with self.connection.connection.transport.having_timeout(timeout):
+            with self.transport.having_timeout(timeout):
                 self.channel = self.connection.channel()
                 self.channel.confirm_select()
         except BaseException:
@@ -193,9 +195,8 @@ class _ConfirmChannel:
         memory or disk alarm) would never answer Connection.Close. Over TLS, the
         socket's unwrap still waits for the broker: at most half a second."""
         try:
-            transport = self.connection.transport
-            if getattr(transport, "sock", None) is not None:
-                transport.sock.settimeout(0.5)
+            if self.transport.sock is not None:
+                self.transport.sock.settimeout(0.5)
             self.connection.collect()
         except Exception:  # noqa: BLE001 - closing a broken connection
             pass

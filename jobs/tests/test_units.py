@@ -451,3 +451,21 @@ def test_a_broker_that_answers_nothing_after_the_handshake_fails_the_publish_in_
     assert not thread.is_alive(), "the publish still waits for the broker"
     assert published == [[]] and time.monotonic() - started < 3
     assert publisher.broker_marked_down() and publisher._shared is None
+
+
+def test_closing_a_publisher_connection_waits_at_most_half_a_second_for_the_broker():
+    """The publisher closes a failed connection with the publisher held; over TLS the
+    socket's unwrap waits for the broker, so the socket gets a short timeout first
+    (a socket left blocking by a failed publish would wait forever)."""
+    from jobs import publisher
+
+    channel = publisher._ConfirmChannel(timeout=1.0)
+    transport = channel.connection.connection.transport  # py-amqp's, which holds the socket
+    socket_ = transport.sock
+    socket_.settimeout(None)  # as a publish that failed leaves it
+    seen = []
+    collect = channel.connection.collect
+    channel.connection.collect = lambda: (seen.append(socket_.gettimeout()), collect())
+    channel.close()
+    assert seen == [0.5]
+    assert transport.sock is None, "the connection is gone"
