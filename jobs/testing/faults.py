@@ -83,11 +83,24 @@ def rabbitmq_frozen():
     hung broker, a VM paused by its host). Resumes it (SIGCONT) on exit and waits
     until it answers again. bin/services also resumes a node left frozen."""
     pid = int(_rabbitmqctl_output("eval", "os:getpid().").strip().strip('"'))
-    os.kill(pid, signal.SIGSTOP)
     try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            command = fh.read().split(b"\0")
+    except FileNotFoundError:
+        command = []
+    if not (command and command[0].endswith(b"beam.smp") and b"rabbit" in command):
+        raise RuntimeError(f"pid {pid} is not this machine's RabbitMQ node; not freezing it")
+    # Should this process die before its finally (SIGKILLed), the node resumes anyway.
+    watchdog = subprocess.Popen(
+        ["sh", "-c", f"sleep 120; kill -CONT {pid}"], start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        os.kill(pid, signal.SIGSTOP)
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+        os.killpg(watchdog.pid, signal.SIGKILL)  # the shell and its sleep
+        watchdog.wait()
         _rabbitmqctl("await_startup")
         _wait(lambda: _port_open(5672), 60, "RabbitMQ answering again")
 

@@ -42,13 +42,17 @@ def all_final(ids, timeout=120.0, worker=None):
             message=f"{len(ids)} jobs to finish",
         )
     except pytest.fail.Exception as exc:
-        jobs_ = Job.objects.filter(pk__in=ids)
-        states = collections.Counter(jobs_.values_list("state", flat=True))
-        waiting = list(
-            jobs_.exclude(state__in=FINAL).values_list("id", "state", "attempts", "last_error")[:5]
-        )
+        try:
+            jobs_ = Job.objects.filter(pk__in=ids)
+            states = collections.Counter(jobs_.values_list("state", flat=True))
+            waiting = list(
+                jobs_.exclude(state__in=FINAL).values_list("id", "state", "attempts", "last_error")[:5]
+            )
+            seen = f"states {dict(states)}; for example {waiting}"
+        except Exception as error:  # noqa: BLE001 - the timeout is the failure to report
+            seen = f"the ledger could not be read: {error}"
         said = worker.log()[-3000:] if worker else ""
-        pytest.fail(f"{exc}; states {dict(states)}; for example {waiting}\n{said}")
+        pytest.fail(f"{exc}; {seen}\n{said}")
     return Job.objects.filter(pk__in=ids)
 
 
@@ -275,9 +279,12 @@ def test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing(
     PostgreSQL, and once RabbitMQ resumes each runs once, even those whose message
     it had taken before it froze."""
     from jobs import publisher
+    from project.celery import app
 
     settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 1.0
+    monkeypatch.setitem(app.conf, "broker_connection_timeout", 2.0)  # a new connection's handshake
     monkeypatch.setattr(publisher, "_broker_down_until", 0.0)  # the next test has no relay
+    bound = max(settings.JOBS_PUBLISH_TIMEOUT_SECONDS, app.conf.broker_connection_timeout) + 0.5
     path = str(tmp_path / "out")
     warm = jobs.enqueue(tasks.record, path, "warm")  # the publisher's connection is open
     all_final([warm.id], timeout=30, worker=worker)
@@ -291,14 +298,15 @@ def test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing(
             time.sleep(max(0.0, 0.9 - durations[-1]))
         waiting = Job.objects.filter(pk__in=ids, state=JobState.PENDING).count()
 
-    assert max(durations) < 2.5, f"enqueue times {[round(d, 2) for d in durations]}"
+    assert max(durations) < bound, f"enqueue times {[round(d, 2) for d in durations]}"
     assert waiting == 8, "all waited in PostgreSQL while RabbitMQ was frozen"
     done = all_final(ids, timeout=90, worker=worker)
     assert {job.state for job in done} == {JobState.SUCCEEDED}
     assert sorted(tasks.lines(path)) == sorted(["warm"] + [f"f{n}" for n in range(8)]), "each effect once"
     reliability.record(
         "12", "RabbitMQ frozen (SIGSTOP) while the app enqueues",
-        "SIGSTOP of the RabbitMQ node's process for about 8 s, then SIGCONT; JOBS_PUBLISH_TIMEOUT_SECONDS=1; "
+        "SIGSTOP of the RabbitMQ node's process for about 8 s, then SIGCONT; JOBS_PUBLISH_TIMEOUT_SECONDS=1, "
+        "CELERY_BROKER_CONNECTION_TIMEOUT=2; "
         "8 single enqueues 0.9 s apart on a publisher whose connection was open",
         f"enqueue times {', '.join(f'{d * 1000:.0f}' for d in durations)} ms; all 8 `pending` while frozen; "
         "after SIGCONT the relay published them and all 8 `succeeded`, one effect each",
