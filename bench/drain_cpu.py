@@ -7,8 +7,9 @@ For each round it drains `--jobs` no-op jobs three ways with the bench's worker 
 prefork processes): bare Celery, bare Celery with the priority the platform's jobs
 carry, and the platform. It prints the rate, the CPU milliseconds per job of each
 kind of process (the worker's main process, its pool processes, RabbitMQ, PostgreSQL,
-this script) and how many of the 2 cores were busy on average. Like `make bench`, it
-uses a vhost and a database of its own, made afresh.
+this script) and how many of the 2 cores were busy on average. It uses `make bench`'s
+vhost and database, made afresh, so the two must not run at once; and it counts
+every RabbitMQ and PostgreSQL process of the machine, which should be quiet.
 """
 
 from __future__ import annotations
@@ -31,16 +32,11 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 stat = fh.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                command = fh.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         name, rest = stat.split("(", 1)[1].rsplit(")", 1)
         fields = rest.split()
-        seen[int(entry)] = (
-            name if "celery" not in command else "celery",
-            (int(fields[11]) + int(fields[12])) / _TICKS,
-        )
+        seen[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / _TICKS)
     return seen
 
 
@@ -50,7 +46,7 @@ def drain(bench: Bench, enqueue_one, finished=None) -> tuple[float, dict[str, fl
     bench.purge()
     batch = [enqueue_one() for _ in range(bench.n)]
     bench.worker.start()
-    main_pid = bench.worker.process.pid
+    main_pid, pool_pids = bench.worker.process.pid, set(bench.worker.pool_pids())
     before, started = cpu_seconds(), time.monotonic()
     bench.wait(lambda: bench.depth() == 0, interval=0.02)
     if finished is not None:
@@ -61,11 +57,11 @@ def drain(bench: Bench, enqueue_one, finished=None) -> tuple[float, dict[str, fl
         spent = seconds - before.get(pid, (name, 0.0))[1]
         if spent <= 0:
             continue
-        kind = {"celery": "worker pool process", "beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}.get(
-            name, "other"
-        )
+        kind = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}.get(name, "other")
         if pid == main_pid:
             kind = "worker main process"
+        elif pid in pool_pids:
+            kind = "worker pool process"
         elif pid == os.getpid():
             kind = "this script"
         by_kind[kind] = by_kind.get(kind, 0.0) + spent
