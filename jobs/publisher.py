@@ -235,6 +235,8 @@ def _holding_publisher(timeout: float, force: bool):
             raise _LeftForTheRelay("a publish in another thread has just failed")
         try:
             yield
+        except _LeftForTheRelay:
+            raise
         except Exception:
             _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
             _drop_channel()
@@ -394,6 +396,7 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
         for start in range(0, len(jobs), chunk_size):
             chunk = jobs[start : start + chunk_size]
             with _holding_publisher(timeout, force):
+                _check_in_flight_channel(in_flight)
                 channel = _channel()
                 try:
                     tags = channel.send(chunk, timeout)
@@ -472,14 +475,21 @@ class _MarksOnTheSide:
             pass
 
 
+def _check_in_flight_channel(in_flight: collections.deque) -> None:
+    """Chunks still unconfirmed on a channel that is no longer the process's were
+    sent on one that another thread's failed publish closed (and marked the broker
+    down): they are left to the relay, and the channel now in use is left alone."""
+    if in_flight and in_flight[0][0] is not _shared:
+        raise _LeftForTheRelay("another thread's failed publish closed the channel these were sent on")
+
+
 def _take_confirmed(in_flight: collections.deque, wait: bool) -> list[Job]:
     """Pops the chunks at the head of `in_flight` that are wholly confirmed (waiting for
     the first one if `wait`); returns their jobs. Raises if a chunk failed."""
     confirmed: list[Job] = []
     while in_flight:
+        _check_in_flight_channel(in_flight)
         channel, chunk, tags, deadline = in_flight[0]
-        if channel is not _shared:
-            raise ConnectionError("the channel these were sent on was closed before they were confirmed")
         if not channel.settle(tags, chunk, deadline if wait else None):
             break
         in_flight.popleft()

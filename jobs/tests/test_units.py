@@ -469,3 +469,55 @@ def test_closing_a_publisher_connection_waits_at_most_half_a_second_for_the_brok
     channel.close()
     assert seen == [0.5]
     assert transport.sock is None, "the connection is gone"
+
+
+@pytest.mark.django_db  # in a transaction: the chunks are marked inline, by the patched _mark_queued
+def test_chunks_left_on_a_channel_another_thread_closed_go_to_the_relay_and_spare_the_new_channel(
+    monkeypatch,
+):
+    """A bulk publish lets the publisher go between chunks. If another thread's publish
+    fails meanwhile, it drops the channel this one's unconfirmed chunks were sent on.
+    The rest of this publish is left to the relay, without opening a channel for it
+    or dropping one another thread has opened since."""
+    import threading
+    import uuid
+
+    from jobs import publisher
+    from jobs.models import Job
+
+    opened = []
+
+    class UnconfirmedChannel:
+        broken = False
+
+        def __init__(self, timeout):
+            opened.append(self)
+
+        def send(self, jobs, timeout):
+            return {len(opened)}
+
+        def settle(self, tags, jobs, deadline):
+            return False  # nothing confirmed yet
+
+        def close(self):
+            pass
+
+    def another_thread_fails(jobs):
+        publisher._drop_channel()  # what a failed publish in another thread does, marking the broker down
+        publisher._broker_down_until = time.monotonic() + 60
+        publisher._shared = UnconfirmedChannel(None)  # and a third thread has opened a new one since
+
+    monkeypatch.setattr(publisher, "_ConfirmChannel", UnconfirmedChannel)
+    monkeypatch.setattr(publisher, "_lock", threading.Lock())
+    monkeypatch.setattr(publisher, "_shared", None)
+    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
+    monkeypatch.setattr(publisher, "_mark_queued", another_thread_fails)
+    jobs = [
+        Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
+        for _ in range(4)
+    ]
+
+    # force: as the relay publishes, which a broker marked down does not stop
+    assert publisher.publish_jobs(jobs, force=True, chunk_size=2) == []
+    assert len(opened) == 2, "no channel was opened for the rest of the publish"
+    assert publisher._shared is opened[1], "the channel another thread opened is left alone"
