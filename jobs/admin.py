@@ -25,7 +25,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     search_help_text = "A job id, an idempotency key, or part of a task name."
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
-    actions = ["retry_dead_jobs", "cancel_jobs"]
+    actions = ["retry_dead_jobs", "cancel_jobs", "resend_queued_jobs"]
     list_per_page = 50
     show_full_result_count = False
     fieldsets = [
@@ -149,6 +149,16 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         retried = sum(services.retry_job(job_id) for job_id in ids)
         self.report_outcome(
             request, retried, len(ids), "{n} job(s) retried.", "{n} job(s) skipped: they were not dead."
+        )
+
+    @admin.action(
+        description="Send selected queued jobs again (their message was lost)", permissions=["change"]
+    )
+    def resend_queued_jobs(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        sent = services.resend_queued_jobs(ids)
+        self.report_outcome(
+            request, sent, len(ids), "{n} job(s) sent again.", "{n} job(s) skipped: they were not queued."
         )
 
     @admin.action(description="Cancel selected waiting jobs", permissions=["change"])

@@ -337,6 +337,27 @@ def retry_job(job_id: uuid.UUID | str) -> bool:
     return bool(moved)
 
 
+def resend_queued_jobs(job_ids: Iterable[uuid.UUID | str]) -> int:
+    """Publishes the messages of `queued` jobs again; returns how many were queued.
+
+    For messages lost in RabbitMQ while their jobs waited: a queue purged or deleted
+    by hand, a broker that lost its disk. Nothing in RabbitMQ says which messages it
+    still holds, so this is the operator's call (the admin action, `manage.py
+    jobs_resend`). Safe if a message was not lost after all: the worker runs a job
+    once and acknowledges the other copy without running it. The jobs go back to
+    `pending` and are published after commit (the relay sends any that are not).
+    """
+    ids = [str(job_id) for job_id in job_ids]
+    if not ids:
+        return 0
+    moved = ledger.transition(ids, JobState.PENDING, only_from=[JobState.QUEUED])
+    if moved:
+        transaction.on_commit(
+            lambda: publish_jobs(list(Job.objects.filter(pk__in=ids, state=JobState.PENDING))), robust=True
+        )
+    return moved
+
+
 def cancel_job(job_id: uuid.UUID | str) -> bool:
     """Cancels a job that has not started (pending, queued or waiting to retry).
 

@@ -99,3 +99,42 @@ def test_list_filters_search_by_id_and_detail_show_the_history(client, tmp_path)
     assert str(job.id) in by_key and str(other.id) not in by_key
     assert str(job.id) in dead_only and str(other.id) not in dead_only
     assert "ValueError: boom" in detail and "Traceback" in detail and "order-7" in detail
+
+
+def test_jobs_whose_messages_were_lost_are_sent_again_and_each_runs_once(own_worker, client, tmp_path):
+    """Queued jobs whose messages were purged from RabbitMQ by hand wait forever;
+    the admin action and `manage.py jobs_resend` send them again. A job whose message
+    was not lost gets a second copy, and still runs once."""
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    from project.celery import app
+
+    path = str(tmp_path / "out")
+    lost = [enqueue(tasks.record, path, f"lost{n}") for n in range(3)]  # no worker: they wait in the queue
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.queue_purge("default") == 3  # an operator purges the queue
+    kept = enqueue(tasks.record, path, "kept")  # its message is still there
+    assert Job.objects.filter(state=JobState.QUEUED).count() == 4
+
+    client.force_login(staff("operator", "view_job", "change_job"))
+    response = run_action(client, "resend_queued_jobs", lost[0].id, kept.id)
+    assert "2 job(s) sent again." in response.content.decode()
+    dry, out = io.StringIO(), io.StringIO()
+    call_command("jobs_resend", "--queued-before", "0m", "--dry-run", stdout=dry)
+    call_command("jobs_resend", "--queued-before", "0m", "--queue", "default", stdout=out)
+    with pytest.raises(CommandError, match="--queued-before 'soon'"):
+        call_command("jobs_resend", "--queued-before", "soon")
+    assert dry.getvalue().strip() == "4 queued job(s) would be sent again"
+    assert out.getvalue().strip() == "4 queued job(s) sent again"
+
+    own_worker.start()
+    ids = [job.id for job in [*lost, kept]]
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 4,
+        timeout=30,
+        message="the resent jobs",
+    )
+    assert sorted(tasks.lines(path)) == ["kept", "lost0", "lost1", "lost2"], "each ran once, copies and all"
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}

@@ -30,6 +30,7 @@ ROOT = Path(settings.BASE_DIR)
 ACTING_ACTIONS = [
     ("admin:jobs_job_changelist", "retry_dead_jobs", "change_job"),
     ("admin:jobs_job_changelist", "cancel_jobs", "change_job"),
+    ("admin:jobs_job_changelist", "resend_queued_jobs", "change_job"),
     ("admin:jobs_deadletter_changelist", "replay", "change_deadletter"),
     ("admin:jobs_deadletter_changelist", "discard", "change_deadletter"),
     ("admin:invoices_invoice_changelist", "issue", "change_invoice"),
