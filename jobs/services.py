@@ -345,16 +345,25 @@ def resend_queued_jobs(job_ids: Iterable[uuid.UUID | str]) -> int:
     still holds, so this is the operator's call (the admin action, `manage.py
     jobs_resend`). Safe if a message was not lost after all: the worker runs a job
     once and acknowledges the other copy without running it. The jobs go back to
-    `pending` and are published after commit (the relay sends any that are not).
+    `pending` and are published after commit (the relay sends any that are not);
+    a job among `job_ids` in any other state is left as it is (a deferred one is not
+    published early).
     """
     ids = [str(job_id) for job_id in job_ids]
     if not ids:
         return 0
-    moved = ledger.transition(ids, JobState.PENDING, only_from=[JobState.QUEUED])
-    if moved:
-        transaction.on_commit(
-            lambda: publish_jobs(list(Job.objects.filter(pk__in=ids, state=JobState.PENDING))), robust=True
+    with transaction.atomic():
+        queued = list(
+            Job.objects.select_for_update()
+            .filter(pk__in=ids, state=JobState.QUEUED)
+            .values_list("pk", flat=True)
         )
+        moved = ledger.transition(queued, JobState.PENDING, only_from=[JobState.QUEUED]) if queued else 0
+        if moved:
+            transaction.on_commit(
+                lambda: publish_jobs(list(Job.objects.filter(pk__in=queued, state=JobState.PENDING))),
+                robust=True,
+            )
     return moved
 
 

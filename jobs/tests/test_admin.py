@@ -116,18 +116,31 @@ def test_jobs_whose_messages_were_lost_are_sent_again_and_each_runs_once(own_wor
     with app.connection_for_write() as conn:
         assert conn.default_channel.queue_purge("default") == 3  # an operator purges the queue
     kept = enqueue(tasks.record, path, "kept")  # its message is still there
+    deferred = enqueue(tasks.record, path, "deferred", run_after=timezone.now() + datetime.timedelta(hours=1))
     assert Job.objects.filter(state=JobState.QUEUED).count() == 4
 
     client.force_login(staff("operator", "view_job", "change_job"))
-    response = run_action(client, "resend_queued_jobs", lost[0].id, kept.id)
-    assert "2 job(s) sent again." in response.content.decode()
-    dry, out = io.StringIO(), io.StringIO()
-    call_command("jobs_resend", "--queued-before", "0m", "--dry-run", stdout=dry)
-    call_command("jobs_resend", "--queued-before", "0m", "--queue", "default", stdout=out)
+    body = run_action(client, "resend_queued_jobs", lost[0].id, kept.id, deferred.id).content.decode()
+    assert "2 job(s) sent again." in body and "1 job(s) skipped: they were not queued." in body
+    said = {}
+    for name, options in {
+        "dry run": ["--queued-before", "0m", "--dry-run"],
+        "too recent": ["--queued-before", "1h"],
+        "other queue": ["--queued-before", "0m", "--queue", "emails"],
+        "all": ["--queued-before", "0m", "--queue", "default"],
+    }.items():
+        out = io.StringIO()
+        call_command("jobs_resend", *options, stdout=out)
+        said[name] = out.getvalue().strip()
     with pytest.raises(CommandError, match="--queued-before 'soon'"):
         call_command("jobs_resend", "--queued-before", "soon")
-    assert dry.getvalue().strip() == "4 queued job(s) would be sent again"
-    assert out.getvalue().strip() == "4 queued job(s) sent again"
+    relay = "(the relay sends any that RabbitMQ did not take)"
+    assert said == {
+        "dry run": "4 queued job(s) would be sent again",
+        "too recent": f"0 queued job(s) sent again {relay}",
+        "other queue": f"0 queued job(s) sent again {relay}",
+        "all": f"4 queued job(s) sent again {relay}",
+    }
 
     own_worker.start()
     ids = [job.id for job in [*lost, kept]]
@@ -138,3 +151,4 @@ def test_jobs_whose_messages_were_lost_are_sent_again_and_each_runs_once(own_wor
     )
     assert sorted(tasks.lines(path)) == ["kept", "lost0", "lost1", "lost2"], "each ran once, copies and all"
     assert set(Job.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}
+    assert Job.objects.get(pk=deferred.id).state == JobState.PENDING, "the deferred job was not sent early"

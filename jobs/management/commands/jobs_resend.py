@@ -39,6 +39,6 @@ class Command(BaseCommand):
             return
         sent = sum(resend_queued_jobs(ids[n : n + _BATCH]) for n in range(0, len(ids), _BATCH))
         self.stdout.write(
-            f"{sent} queued job(s) sent again"
-            + (f" ({len(ids) - sent} had moved on meanwhile)" if sent < len(ids) else "")
+            f"{sent} queued job(s) sent again (the relay sends any that RabbitMQ did not take)"
+            + (f"; {len(ids) - sent} had moved on meanwhile" if sent < len(ids) else "")
         )
