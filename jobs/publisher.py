@@ -237,7 +237,8 @@ def _holding_publisher(timeout: float, force: bool):
             yield
         except _LeftForTheRelay:
             raise
-        except Exception:
+        except BaseException:
+            # Interrupted too (a signal mid-read): the channel may hold half a frame.
             _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
             _drop_channel()
             raise
@@ -423,7 +424,8 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
     except _LeftForTheRelay as exc:
         logger.warning("%d job(s) stay pending for the relay: %s", len(jobs) - len(published), exc)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs pending
-        # A failure under the publisher has marked the broker down already.
+        # A failure under the publisher has marked the broker down already; one while
+        # marking jobs queued (the database's, outside it) does not.
         logger.warning(
             "publish failed; %d job(s) stay pending for the relay: %s: %s",
             len(jobs) - len(published),
