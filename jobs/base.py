@@ -11,14 +11,15 @@ What happens to one delivery of a job's message:
    now: send this copy again a little later and ack it.
 2. Read the ledger row (a message the ledger never saw, from beat or `.delay()`,
    gets a row now). Finished already (a redelivery or a duplicate publish)? Ack,
-   run nothing.
+   run nothing. Retrying, and its backoff not over (a duplicate copy)? Send this
+   copy again for the backoff's end, and ack it.
 3. Still `started` although the lease was free? The run before this one died with
    its worker. Count it; at JOBS_MAX_LOST_RUNS, the job is `dead` and the message
    is rejected into the dead-letter queue instead of killing another worker.
 4. Mark `started`, attempts + 1, run the task body.
-5. Success: `succeeded`. A declared transient error: `retrying`, then the message is
-   sent again with exponential backoff and jitter (the ledger is written before the
-   new copy can start). Anything else, or retries exhausted, or the soft time limit:
+5. Success: `succeeded`. A declared transient error: `retrying` until the backoff's
+   end (`run_after`), then the message is sent again with exponential backoff and
+   jitter (the ledger is written before the new copy can start). Anything else, or retries exhausted, or the soft time limit:
    `dead`, and the raised error makes Celery reject the message into the
    dead-letter queue.
 """
@@ -137,6 +138,11 @@ class JobTask(Task):
         if job.state in FINISHED_STATES:
             self._log(job_id, f"already {job.state}; acknowledged without running")
             return None
+        if job.state == JobState.RETRYING and job.run_after and job.run_after > timezone.now():
+            # Another copy of its message, come before the retry's backoff ended.
+            wait = (job.run_after - timezone.now()).total_seconds()
+            self._log(job_id, f"a copy came during the retry's backoff; sent again for {wait:.2f}s later")
+            self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
         if job.state == JobState.STARTED:
             lost = job.lost_runs + 1
             if lost >= settings.JOBS_MAX_LOST_RUNS:
@@ -295,7 +301,12 @@ class JobTask(Task):
         )
 
     def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
-        self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1)
+        # With its backoff's end as `run_after`: another copy of the job's message (a
+        # relay duplicate, a resend) must not start the next attempt before then.
+        due = (
+            {} if countdown is None else {"run_after": timezone.now() + datetime.timedelta(seconds=countdown)}
+        )
+        self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1, **due)
         extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
         logger.warning(
             "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s%s",

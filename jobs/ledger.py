@@ -169,6 +169,8 @@ _TAKE_AND_START = Statement(
     f"started AS (UPDATE {_TABLE} SET state = '{JobState.STARTED}', attempts = attempts + 1, "
     f"started_at = $2, queued_at = coalesce(queued_at, $2), finished_at = NULL, worker = $3 "
     f"WHERE id = $4 AND state = ANY($5) AND (SELECT taken FROM lease) "
+    # A retrying job waits out its backoff, whichever copy of its message comes.
+    f"AND (state <> '{JobState.RETRYING}' OR run_after IS NULL OR run_after <= $2) "
     f"RETURNING attempts, lost_runs, retries, task_name, args, kwargs, queue, priority) "
     f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
 )

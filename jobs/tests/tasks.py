@@ -41,6 +41,12 @@ def flaky(path: str, failures: int) -> str:
     return "ok"
 
 
+@app.task(name="tests.flaky_slow_backoff", retry_backoff=1.0, retry_backoff_max=1.0)
+def flaky_slow_backoff(path: str, failures: int) -> str:
+    """tests.flaky with a backoff of 0.5 to 1 s, long enough to see who waited it out."""
+    return flaky.run(path, failures)
+
+
 @app.task(name="tests.always_transient", retry_backoff=0.05, retry_backoff_max=0.1, max_retries=2)
 def always_transient(path: str) -> None:
     _append(path, "fail")

@@ -451,6 +451,26 @@ def test_a_write_cut_off_mid_publish_retires_the_connection_and_publishes_on_a_n
     assert sorted(tasks.lines(path)) == ["1", "2"]
 
 
+def test_a_second_copy_of_a_retrying_jobs_message_waits_out_its_backoff(own_worker, tmp_path):
+    """Two copies of one job's message (a relay duplicate, a resend of a message that
+    was not lost). The first fails transiently and schedules the retry 0.5 to 1 s
+    later; the second, delivered right after, must not start that retry early."""
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.flaky_slow_backoff, path, 1)  # fails once, then succeeds
+    publish_jobs([Job.objects.get(pk=job.id)], force=True)  # the second copy
+    own_worker.concurrency = 1  # the copies run one after the other
+    own_worker.start()
+
+    assert finished(job.id).state == JobState.SUCCEEDED
+    with open(path) as fh:
+        runs = [line.split() for line in fh.read().splitlines()]
+    assert [what for what, _ in runs] == ["fail", "ok"]
+    gap = float(runs[1][1]) - float(runs[0][1])
+    assert gap >= 0.45, f"the retry started {gap:.3f}s after the failure, inside its backoff"
+    assert Job.objects.get(pk=job.id).attempts == 2
+    wait_for(lambda: "a copy came during the retry's backoff" in own_worker.log(), message="the held copy")
+
+
 def test_the_retry_count_lives_in_the_ledger_not_in_the_message(worker, tmp_path):
     """A copy sent again by the relay (its message says retries=0) cannot restart the count."""
     import datetime
