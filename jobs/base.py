@@ -395,7 +395,11 @@ class JobTask(Task):
         signature = self.signature_from_request(self.request, countdown=countdown, retries=retries)
         try:
             timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
-            signature.apply_async(retry=False, timeout=timeout, confirm_timeout=timeout)
+            # One fresh attempt on a new connection: this pool process's producer may
+            # hold one the broker dropped since its last publish (a restart, a hang).
+            signature.apply_async(
+                retry=True, retry_policy=_ONE_RECONNECT, timeout=timeout, confirm_timeout=timeout
+            )
         except Exception as publish_error:  # noqa: BLE001
             if keep_message_on_failure:
                 raise Reject("the broker refused a delayed copy; requeued", requeue=True) from publish_error
@@ -409,7 +413,7 @@ class JobTask(Task):
                 "job=%s task=%s could not be sent again (%s); left pending for the relay",
                 self.request.id,
                 self.name,
-                publish_error.__class__.__name__,
+                _describe(publish_error)[:300],
             )
             raise Ignore() from publish_error
         raise Retry(exc=exc, when=countdown, sig=signature)
@@ -421,6 +425,9 @@ class JobTask(Task):
         if started is not None:
             parts.append(f"duration_ms={(time.monotonic() - started) * 1000:.1f}")
         logger.info("%s %s", " ".join(parts), message)
+
+
+_ONE_RECONNECT = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
 
 
 def _describe(exc: BaseException) -> str:

@@ -471,6 +471,41 @@ def test_a_second_copy_of_a_retrying_jobs_message_waits_out_its_backoff(own_work
     wait_for(lambda: "a copy came during the retry's backoff" in own_worker.log(), message="the held copy")
 
 
+def test_a_retry_is_sent_even_if_the_broker_dropped_the_pool_processs_connection(own_worker, tmp_path):
+    """A pool process keeps its producer's broker connection between publishes, and
+    the broker may drop it meanwhile (a restart, a hang, an operator). The next retry
+    must still go out, on a new connection, not wait for a relay (none runs here)."""
+    own_worker.concurrency = 1
+    own_worker.start()
+    first = enqueue(tasks.flaky, str(tmp_path / "first"), 1)
+    assert finished(first.id).state == JobState.SUCCEEDED  # its retry opened that connection
+    (pool_pid,) = own_worker.pool_pids()
+    sockets = subprocess.run(
+        ["ss", "-tnpH", "state", "established", "dport", "=", ":5672"], capture_output=True, text=True
+    ).stdout.splitlines()
+    # The pool process's own: not those it inherited from the main process.
+    ports = [
+        line.split()[2].rsplit(":", 1)[1]
+        for line in sockets
+        if f"pid={pool_pid}," in line and line.count("pid=") == 1
+    ]
+    assert ports, "the pool process holds a connection of its own"
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    dropped = [line.split()[0] for line in listed if line.split()[-1] in ports]
+    assert len(dropped) == len(ports)
+    for connection_pid in dropped:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", connection_pid, "test"], check=True)
+
+    second = finished(enqueue(tasks.flaky, str(tmp_path / "second"), 1).id)
+    assert second.state == JobState.SUCCEEDED and second.attempts == 2
+    assert tasks.lines(str(tmp_path / "second")) == ["fail", "ok"]
+
+
 def test_the_retry_count_lives_in_the_ledger_not_in_the_message(worker, tmp_path):
     """A copy sent again by the relay (its message says retries=0) cannot restart the count."""
     import datetime
