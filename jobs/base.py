@@ -19,9 +19,9 @@ What happens to one delivery of a job's message:
 4. Mark `started`, attempts + 1, run the task body.
 5. Success: `succeeded`. A declared transient error: `retrying` until the backoff's
    end (`run_after`), then the message is sent again with exponential backoff and
-   jitter (the ledger is written before the new copy can start). Anything else, or retries exhausted, or the soft time limit:
-   `dead`, and the raised error makes Celery reject the message into the
-   dead-letter queue.
+   jitter (the ledger is written before the new copy can start). Anything else, or
+   retries exhausted, or the soft time limit: `dead`, and the raised error makes
+   Celery reject the message into the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -138,9 +138,9 @@ class JobTask(Task):
         if job.state in FINISHED_STATES:
             self._log(job_id, f"already {job.state}; acknowledged without running")
             return None
-        if job.state == JobState.RETRYING and job.run_after and job.run_after > timezone.now():
+        wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
+        if job.state == JobState.RETRYING and wait > 0:
             # Another copy of its message, come before the retry's backoff ended.
-            wait = (job.run_after - timezone.now()).total_seconds()
             self._log(job_id, f"a copy came during the retry's backoff; sent again for {wait:.2f}s later")
             self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
         if job.state == JobState.STARTED:

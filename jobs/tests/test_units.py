@@ -353,30 +353,57 @@ def test_an_error_while_streaming_the_copy_comes_out_as_itself_and_writes_nothin
     assert not Job.objects.exists()
 
 
-def test_a_failed_publish_marks_the_broker_down_and_drops_its_channel_before_letting_go(monkeypatch):
+@pytest.fixture
+def idle_publisher(monkeypatch):
+    """The process's publisher as a new process has it: no channel, not marked down,
+    a lock of its own (a thread a test leaves hanging keeps the one it holds)."""
+    import threading
+
+    from jobs import publisher
+
+    monkeypatch.setattr(publisher, "_lock", threading.Lock())
+    monkeypatch.setattr(publisher, "_shared", None)
+    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
+    return publisher
+
+
+class FakeChannel:
+    """Stands in for publisher._ConfirmChannel; each one made is kept in `opened`."""
+
+    broken = False
+    opened: list
+
+    def __init__(self, timeout):
+        type(self).opened.append(self)
+
+    def close(self):
+        pass
+
+
+def a_job():
+    import uuid
+
+    from jobs.models import Job
+
+    return Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
+
+
+def test_a_failed_publish_marks_the_broker_down_and_drops_its_channel_before_letting_go(
+    idle_publisher, monkeypatch
+):
     """Threads of a process take turns on one publisher. When a publish fails, the
     thread waiting for the publisher must find the broker marked down as it gets it,
     never the failed channel: that thread would wait out a timeout of its own on it,
     and the failed thread could then drop the fresh channel that thread opened."""
     import threading
-    import uuid
 
-    from jobs import publisher
-    from jobs.models import Job
+    publisher = idle_publisher
 
-    opened = []
-
-    class RefusedChannel:
-        broken = False
-
-        def __init__(self, timeout):
-            opened.append(self)
+    class RefusedChannel(FakeChannel):
+        opened = []
 
         def send(self, jobs, timeout):
             raise ConnectionRefusedError("the broker is down")
-
-        def close(self):
-            pass
 
     class SeenOnRelease:
         """The publisher's lock, noting what the next holder would find."""
@@ -391,13 +418,11 @@ def test_a_failed_publish_marks_the_broker_down_and_drops_its_channel_before_let
             self.seen.append((publisher.broker_marked_down(), publisher._shared))
             self.lock.release()
 
-    lock = SeenOnRelease()
+    lock, opened = SeenOnRelease(), RefusedChannel.opened
     monkeypatch.setattr(publisher, "_ConfirmChannel", RefusedChannel)
     monkeypatch.setattr(publisher, "_lock", lock)
-    monkeypatch.setattr(publisher, "_shared", None)
-    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
 
-    job = Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
+    job = a_job()
     assert publisher.publish_jobs([job]) == []
     assert len(opened) == 2, "a kept channel that fails is replaced once"
     assert lock.seen == [(True, None)]
@@ -423,25 +448,21 @@ def test_the_reliability_report_fails_a_parametrized_test_if_any_of_its_cases_fa
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_broker_that_answers_nothing_after_the_handshake_fails_the_publish_in_time(settings, monkeypatch):
+def test_a_broker_that_answers_nothing_after_the_handshake_fails_the_publish_in_time(
+    idle_publisher, settings, monkeypatch
+):
     """Opening the publisher's channel waits for RabbitMQ's answers: a broker that
     hangs right after the connection handshake must fail the publish within its
     timeout (the job stays pending for the relay), not hold the publisher forever."""
     import threading
-    import uuid
 
     import amqp
 
-    from jobs import publisher
-    from jobs.models import Job
-
+    publisher = idle_publisher
     settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 0.5
-    monkeypatch.setattr(publisher, "_shared", None)
-    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
-    monkeypatch.setattr(publisher, "_lock", threading.Lock())  # a hung thread keeps its own
     # The real connection to the real broker, whose Channel.Open then gets no answer.
     monkeypatch.setattr(amqp.Channel, "open", lambda channel: channel.connection.drain_events())
-    job = Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
+    job = a_job()
     published = []
     thread = threading.Thread(target=lambda: published.append(publisher.publish_jobs([job])), daemon=True)
     started = time.monotonic()
@@ -473,34 +494,24 @@ def test_closing_a_publisher_connection_waits_at_most_half_a_second_for_the_brok
 
 @pytest.mark.django_db  # in a transaction: the chunks are marked inline, by the patched _mark_queued
 def test_chunks_left_on_a_channel_another_thread_closed_go_to_the_relay_and_spare_the_new_channel(
-    monkeypatch,
+    idle_publisher, monkeypatch
 ):
     """A bulk publish lets the publisher go between chunks. If another thread's publish
     fails meanwhile, it drops the channel this one's unconfirmed chunks were sent on.
     The rest of this publish is left to the relay, without opening a channel for it
     or dropping one another thread has opened since."""
-    import threading
-    import uuid
+    publisher = idle_publisher
 
-    from jobs import publisher
-    from jobs.models import Job
-
-    opened = []
-
-    class UnconfirmedChannel:
-        broken = False
-
-        def __init__(self, timeout):
-            opened.append(self)
+    class UnconfirmedChannel(FakeChannel):
+        opened = []
 
         def send(self, jobs, timeout):
-            return {len(opened)}
+            return {len(self.opened)}
 
         def settle(self, tags, jobs, deadline):
             return False  # nothing confirmed yet
 
-        def close(self):
-            pass
+    opened = UnconfirmedChannel.opened
 
     def another_thread_fails(jobs):
         publisher._drop_channel()  # what a failed publish in another thread does, marking the broker down
@@ -508,14 +519,8 @@ def test_chunks_left_on_a_channel_another_thread_closed_go_to_the_relay_and_spar
         publisher._shared = UnconfirmedChannel(None)  # and a third thread has opened a new one since
 
     monkeypatch.setattr(publisher, "_ConfirmChannel", UnconfirmedChannel)
-    monkeypatch.setattr(publisher, "_lock", threading.Lock())
-    monkeypatch.setattr(publisher, "_shared", None)
-    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
     monkeypatch.setattr(publisher, "_mark_queued", another_thread_fails)
-    jobs = [
-        Job(id=uuid.uuid4(), task_name="jobs.tests.record", queue="default", args=[], kwargs={})
-        for _ in range(4)
-    ]
+    jobs = [a_job() for _ in range(4)]
 
     # force: as the relay publishes, which a broker marked down does not stop
     assert publisher.publish_jobs(jobs, force=True, chunk_size=2) == []
