@@ -3,9 +3,10 @@ the platform, read from /proc around each drain.
 
     .venv/bin/python bench/drain_cpu.py [--jobs 4000] [--rounds 2]
 
-For each round it drains `--jobs` no-op jobs three ways with the bench's worker (2
+For each round it drains `--jobs` no-op jobs four ways with the bench's worker (2
 prefork processes): bare Celery, bare Celery with the priority the platform's jobs
-carry, and the platform. It prints the rate, the CPU milliseconds per job of each
+carry, the platform, and the platform without its success write (a bound, not a
+mode a real job can run in: bench.tasks._StartOnly). It prints the rate, the CPU milliseconds per job of each
 kind of process (the worker's main process, its pool processes, RabbitMQ, PostgreSQL,
 this script) and how many of the 2 cores were busy on average. It uses `make bench`'s
 vhost and database, made afresh, so the two must not run at once; and it counts
@@ -77,12 +78,13 @@ def main() -> None:
     fresh_services()
     bench = Bench(jobs=options.jobs, rounds=options.rounds)
     import jobs
-    from bench.tasks import bare_noop, noop
+    from bench.tasks import bare_noop, noop, noop_start_only
 
     kinds = ["worker main process", "worker pool process", "RabbitMQ", "PostgreSQL", "this script", "other"]
-    print(f"{'drain':<22}{'jobs/s':>8}{'cores':>7}  CPU ms per job: " + ", ".join(kinds))
+    print(f"{'drain':<22}{'jobs/s':>8}{'ratio':>7}{'cores':>7}  CPU ms per job: " + ", ".join(kinds))
     try:
         for _ in range(options.rounds):
+            rates: dict[str, float] = {}
             for label, enqueue_one, finished in (
                 ("bare Celery", lambda: bare_noop.apply_async(queue="default"), None),
                 ("bare, priority 5", lambda: bare_noop.apply_async(queue="default", priority=5), None),
@@ -91,10 +93,14 @@ def main() -> None:
                     lambda: jobs.enqueue(noop),
                     lambda batch: bench.ledger_done([j.id for j in batch]),
                 ),
+                ("platform, start only", lambda: jobs.enqueue(noop_start_only), None),
             ):
                 rate, per_job, cores = drain(bench, enqueue_one, finished)
+                rates[label] = rate
+                # Against bare Celery's messages with the same priority, drained just before.
+                ratio = f"{rate / rates['bare, priority 5']:.2f}" if label.startswith("platform") else ""
                 spent = "  ".join(f"{per_job.get(kind, 0.0):.2f}" for kind in kinds)
-                print(f"{label:<22}{rate:>8,.0f}{cores:>7.2f}  {spent}")
+                print(f"{label:<22}{rate:>8,.0f}{ratio:>7}{cores:>7.2f}  {spent}")
     finally:
         bench.worker.kill()
 
