@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import datetime
 import logging
-import time
+from time import monotonic, sleep
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from jobs.models import Job, JobState
 from jobs.publisher import publish_jobs
+from jobs.rescue import rescue_lost_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +62,22 @@ def relay_until_drained(batch_size: int = 500, grace_seconds: float | None = Non
 
 
 def run_relay_forever(interval: float | None = None, stop=lambda: False) -> None:
-    """The long-running relay loop (manage.py relay)."""
+    """The long-running relay loop (manage.py relay), with a rescue pass (jobs.rescue)
+    at the start and every JOBS_RESCUE_INTERVAL_SECONDS after it (0: never)."""
     interval = settings.JOBS_RELAY_INTERVAL_SECONDS if interval is None else interval
+    rescue_every = settings.JOBS_RESCUE_INTERVAL_SECONDS
+    next_rescue = monotonic()
     while not stop():
-        try:
-            relay_until_drained()
-        except Exception:  # noqa: BLE001 - the loop must outlive a database or broker outage
-            logger.exception("relay pass failed; trying again in %.1fs", interval)
-            from django.db import connection
+        _one_pass("relay", relay_until_drained, interval)
+        if rescue_every > 0 and monotonic() >= next_rescue:
+            next_rescue = monotonic() + rescue_every
+            _one_pass("rescue", rescue_lost_jobs, interval)
+        sleep(interval)
 
-            connection.close()
-        time.sleep(interval)
+
+def _one_pass(name: str, step, interval: float) -> None:
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - the loop must outlive a database or broker outage
+        logger.exception("%s pass failed; trying again in %.1fs", name, interval)
+        connection.close()

@@ -223,6 +223,12 @@ JOBS_MAX_PAYLOAD_BYTES = env.int("JOBS_MAX_PAYLOAD_BYTES", default=256 * 1024)
 # The relay leaves rows this young to the publish-on-commit path.
 JOBS_RELAY_GRACE_SECONDS = env.float("JOBS_RELAY_GRACE_SECONDS", default=5.0)
 JOBS_RELAY_INTERVAL_SECONDS = env.float("JOBS_RELAY_INTERVAL_SECONDS", default=2.0)
+# The relay's rescue pass (jobs/rescue.py): a job queued, started or due to retry this
+# long ago, in a queue with no ready message (and, started, with no run holding its
+# lease), has lost its message and is sent again. Well above the soft time limit.
+JOBS_RESCUE_AFTER_SECONDS = env.float("JOBS_RESCUE_AFTER_SECONDS", default=900.0)
+# Seconds between the relay's rescue passes; 0 turns them off.
+JOBS_RESCUE_INTERVAL_SECONDS = env.float("JOBS_RESCUE_INTERVAL_SECONDS", default=60.0)
 
 # Flower reads FLOWER_BASIC_AUTH itself; bin/dev sets a development default.
 

@@ -1,0 +1,132 @@
+"""The rescue (jobs/rescue.py): jobs whose messages RabbitMQ lost are sent again."""
+
+import datetime
+import io
+
+import psycopg2
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from jobs import enqueue, ledger, relay, rescue
+from jobs.models import Job, JobState
+from jobs.testing import wait_for
+from jobs.tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def purge(queue: str = "default") -> int:
+    from project.celery import app
+
+    with app.connection_for_write() as conn:
+        return conn.default_channel.queue_purge(queue)
+
+
+def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_worker, tmp_path):
+    path = str(tmp_path / "out")
+    long_ago = timezone.now() - datetime.timedelta(minutes=20)
+    jobs = {
+        name: enqueue(tasks.record, path, name) for name in ("queued1", "queued2", "orphan", "alive", "retry")
+    }
+    assert purge() == 5  # no worker ran: every message waited in the queue, and is gone
+    ids = {name: job.id for name, job in jobs.items()}
+    Job.objects.filter(pk__in=[ids["queued1"], ids["queued2"]]).update(queued_at=long_ago)
+    # A run that died with its worker after RabbitMQ lost its message; and one that is
+    # still going (its lease held) after as long.
+    Job.objects.filter(pk__in=[ids["orphan"], ids["alive"]]).update(
+        state=JobState.STARTED, attempts=1, started_at=long_ago
+    )
+    # A retry whose copy, due twenty minutes ago, was lost.
+    Job.objects.filter(pk=ids["retry"]).update(
+        state=JobState.RETRYING, attempts=1, retries=1, run_after=long_ago
+    )
+    live_run = psycopg2.connect(**connection.get_connection_params())
+    try:
+        with live_run.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [ledger.lock_key(ids["alive"])])
+
+        # A queue holding a ready message is not looked at: that may be the job's own.
+        kept = enqueue(tasks.record, path, "kept")
+        Job.objects.filter(pk=kept.id).update(queued_at=long_ago)
+        waiting = rescue.rescue_lost_jobs()
+        assert (waiting.total, waiting.busy_queues) == (0, ["default"])
+
+        young = enqueue(tasks.record, path, "young")  # queued a moment ago: not taken for lost
+        assert purge() == 2
+        out = io.StringIO()
+        call_command("jobs_rescue", "--dry-run", stdout=out)
+        listed = out.getvalue()
+        assert "would be sent again: 3 queued, 1 started, 1 retrying" in listed
+        assert str(ids["orphan"]) in listed and str(ids["alive"]) not in listed
+        assert str(young.id) not in listed
+        assert Job.objects.filter(state=JobState.QUEUED, queued_at=long_ago).count() == 3, (
+            "a dry run sends nothing"
+        )
+
+        sent = rescue.rescue_lost_jobs()
+        assert {state: sorted(map(str, found)) for state, found in sent.lost.items()} == {
+            JobState.QUEUED: sorted(str(i) for i in (ids["queued1"], ids["queued2"], kept.id)),
+            JobState.STARTED: [str(ids["orphan"])],
+            JobState.RETRYING: [str(ids["retry"])],
+        }
+        assert rescue.rescue_lost_jobs().total == 0, "copies in the queue: the next pass sends none"
+
+        own_worker.start()
+        rescued = [ids["queued1"], ids["queued2"], kept.id, ids["orphan"], ids["retry"]]
+        wait_for(
+            lambda: Job.objects.filter(pk__in=rescued, state=JobState.SUCCEEDED).count() == 5,
+            timeout=30,
+            message="the rescued jobs",
+        )
+        assert sorted(tasks.lines(path)) == ["kept", "orphan", "queued1", "queued2", "retry"]
+        orphan, retry = Job.objects.get(pk=ids["orphan"]), Job.objects.get(pk=ids["retry"])
+        assert (orphan.attempts, orphan.lost_runs) == (2, 1), "the dead run was counted"
+        assert (retry.attempts, retry.retries) == (2, 1)
+        assert Job.objects.get(pk=ids["alive"]).state == JobState.STARTED, "a live run is left alone"
+        assert Job.objects.get(pk=young.id).state == JobState.QUEUED
+        assert rescue.rescue_lost_jobs().total == 0
+    finally:
+        live_run.close()
+
+
+def test_the_rescue_command_refuses_a_bad_age_and_an_unreachable_broker(monkeypatch):
+    with pytest.raises(CommandError, match="--after 'soon'"):
+        call_command("jobs_rescue", "--after", "soon")
+    monkeypatch.setattr(rescue.selectors, "queue_depths", lambda: None)
+    with pytest.raises(CommandError, match="RabbitMQ did not answer"):
+        call_command("jobs_rescue")
+
+
+def test_the_relay_runs_a_rescue_pass_at_start_and_then_every_interval(monkeypatch, settings):
+    passes, clock = [], [0.0]
+    monkeypatch.setattr(relay, "relay_until_drained", lambda: None)
+    monkeypatch.setattr(relay, "rescue_lost_jobs", lambda: passes.append(clock[0]))
+    monkeypatch.setattr(relay, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(relay, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+
+    def run(interval_seconds: float, until: float) -> list[float]:
+        passes.clear()
+        clock[0] = 0.0
+        settings.JOBS_RESCUE_INTERVAL_SECONDS = interval_seconds
+        relay.run_relay_forever(interval=2.0, stop=lambda: clock[0] >= until)
+        return list(passes)
+
+    assert run(60, until=130) == [0.0, 60.0, 120.0]
+    assert run(0, until=130) == [], "0 turns the rescue off"
+
+
+def test_a_failing_rescue_pass_does_not_stop_the_relay(monkeypatch, settings):
+    relayed, clock = [], [0.0]
+
+    def broken():
+        raise psycopg2.OperationalError("server closed the connection")
+
+    monkeypatch.setattr(relay, "relay_until_drained", lambda: relayed.append(clock[0]))
+    monkeypatch.setattr(relay, "rescue_lost_jobs", broken)
+    monkeypatch.setattr(relay, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(relay, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    settings.JOBS_RESCUE_INTERVAL_SECONDS = 1
+    relay.run_relay_forever(interval=1.0, stop=lambda: clock[0] >= 3)
+    assert relayed == [0.0, 1.0, 2.0]
