@@ -34,7 +34,17 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty"]}),
         (
             "Timings",
-            {"fields": ["created_at", "run_after", "queued_at", "started_at", "finished_at", "duration_ms"]},
+            {
+                "fields": [
+                    "created_at",
+                    "run_after",
+                    "queued_at",
+                    "started_at",
+                    "finished_at",
+                    "duration_ms",
+                    "rescued_at",
+                ]
+            },
         ),
     ]
 

@@ -194,6 +194,11 @@ class JobTask(Task):
             wait = ratelimit.seconds_until_allowed(name, rate)
             if wait:
                 self._log(job_id, f"over the {rate} limit of {name}; delayed {wait:.2f}s")
+                # When the delayed copy is due: until then a worker holds it unacked, out
+                # of the queue, and the rescue (jobs/rescue.py) must not take it for lost.
+                Job.objects.filter(pk=job_id, state=JobState.QUEUED).update(
+                    run_after=timezone.now() + datetime.timedelta(seconds=wait)
+                )
                 self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
 
     def _ledger_row(self, job_id: str, args, kwargs) -> Job:
@@ -218,7 +223,7 @@ class JobTask(Task):
             result = self.run(*args, **kwargs)
         except Retry as exc:
             # The task body called self.retry() itself: its new message is already sent.
-            self._record_retry(job, exc.exc or exc, started)
+            self._record_retry(job, exc.exc or exc, started, countdown=_seconds_until(exc.when))
             raise
         except SoftTimeLimitExceeded as exc:
             self._record_dead(job, exc, started, reason="soft time limit exceeded")
@@ -428,6 +433,15 @@ class JobTask(Task):
 
 
 _ONE_RECONNECT = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+
+
+def _seconds_until(when) -> float | None:
+    """A Retry's `when` (seconds, or the eta as a datetime) as seconds from now."""
+    if isinstance(when, datetime.datetime):
+        if timezone.is_naive(when):
+            return None  # its time zone is Celery's guess; better no run_after than a wrong one
+        return max(0.0, (when - timezone.now()).total_seconds())
+    return float(when) if isinstance(when, (int, float)) else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -106,6 +106,9 @@ class Job(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    rescued_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -7,18 +7,19 @@ of the lost messages would then wait for ever: `queued` with no message to run t
 no copy coming. Nothing in RabbitMQ says which messages it still holds, so the rescue
 goes by what it can see. A job is taken for lost when:
 
-- it has been in that state for `JOBS_RESCUE_AFTER_SECONDS`: queued that long ago,
-  started that long ago, or, retrying, due (`run_after`) that long ago;
+- it has waited `JOBS_RESCUE_AFTER_SECONDS` in its state: queued that long ago (or
+  due that long ago, for a copy a rate limit delayed), started that long ago, or,
+  retrying, due that long ago;
 - its queue holds no ready message: a copy still waiting there would run it, and a
   backlog would make every old job look lost;
-- started, no run holds its lease: a long run still going keeps it.
+- started, no run holds its lease: a long run still going keeps it;
+- it was not rescued in the last `JOBS_RESCUE_AFTER_SECONDS` (`Job.rescued_at`).
 
-Each such job gets a new copy of its message. A queued one goes back to `pending` and
-is published (`services.resend_queued_jobs`), so its `queued_at`, and its clock here,
-start again. A started or retrying one is published as it is, and the worker takes
-the copy as it takes any: a run that died is counted (`JOBS_MAX_LOST_RUNS`), a retry
-starts. A message that was not lost after all (one a worker holds for a rate limit's
-delay, say) makes a second copy, which the worker runs once at most.
+Each such job is published again as it is, and the worker takes the copy as it takes
+any: a queued job runs, a run that died is counted (`JOBS_MAX_LOST_RUNS`), a retry
+starts. A message that was not lost after all (one a stuck worker holds, say) becomes
+a second copy, which the worker runs once at most; `rescued_at` keeps that to one
+copy per job per `JOBS_RESCUE_AFTER_SECONDS`.
 
 The relay runs a rescue pass every `JOBS_RESCUE_INTERVAL_SECONDS`; `manage.py
 jobs_rescue` runs one by hand.
@@ -31,26 +32,34 @@ import logging
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from jobs import ledger, selectors, topology
 from jobs.models import Job, JobState
 from jobs.publisher import publish_jobs
-from jobs.services import resend_queued_jobs
 
 logger = logging.getLogger(__name__)
 
-# The field that says how long a job has waited in each state the rescue looks at.
-_CLOCKS = {JobState.QUEUED: "queued_at", JobState.STARTED: "started_at", JobState.RETRYING: "run_after"}
+# Since when a job has waited, in each state the rescue looks at. PostgreSQL's
+# GREATEST skips NULLs: a queued job's run_after is set only by a rate limit's delay,
+# a retrying job's only by a backoff the platform knows.
+_WAITING_SINCE = {
+    JobState.QUEUED: Greatest("queued_at", "run_after"),
+    JobState.STARTED: F("started_at"),
+    JobState.RETRYING: Greatest("run_after", "finished_at"),
+}
 
 
 @dataclass
 class Rescue:
     """What one pass found (`dry_run`) or sent: job ids by state, and queues skipped."""
 
-    lost: dict[str, list] = field(default_factory=lambda: {state: [] for state in _CLOCKS})
+    lost: dict[str, list] = field(default_factory=lambda: {state: [] for state in _WAITING_SINCE})
     busy_queues: list[str] = field(default_factory=list)  # holding ready messages: not looked at
+    missing_queues: list[str] = field(default_factory=list)  # not in RabbitMQ: declare them first
     broker_unreachable: bool = False
 
     @property
@@ -58,53 +67,73 @@ class Rescue:
         return sum(len(ids) for ids in self.lost.values())
 
     def describe(self) -> str:
-        counts = ", ".join(f"{len(self.lost[state])} {state}" for state in _CLOCKS)
-        busy = ""
+        parts = [", ".join(f"{len(self.lost[state])} {state}" for state in _WAITING_SINCE)]
         if self.busy_queues:
-            busy = f"; queues holding ready messages, not looked at: {', '.join(self.busy_queues)}"
-        return f"{counts}{busy}"
+            parts.append(f"queues holding ready messages, not looked at: {', '.join(self.busy_queues)}")
+        if self.missing_queues:
+            parts.append(
+                f"queues missing in RabbitMQ (manage.py jobs_topology): {', '.join(self.missing_queues)}"
+            )
+        return "; ".join(parts)
 
 
 def rescue_lost_jobs(
     after_seconds: float | None = None, *, dry_run: bool = False, batch_size: int = 500
 ) -> Rescue:
     """Finds the jobs whose messages look lost (see the module's text) and, unless
-    `dry_run`, sends each a new copy; at most `batch_size` of each state a pass."""
+    `dry_run`, publishes each again; at most `batch_size` of each state a pass. With
+    `dry_run`, `lost` lists what would be sent; otherwise what RabbitMQ confirmed."""
     after = settings.JOBS_RESCUE_AFTER_SECONDS if after_seconds is None else after_seconds
     rescue = Rescue()
     depths = selectors.queue_depths()
     if depths is None:
         rescue.broker_unreachable = True
         return rescue
-    quiet = sorted(name for name, ready in depths.items() if ready == 0)
-    rescue.busy_queues = sorted(name for name in topology.WORKLOAD_QUEUES if depths.get(name))
+    quiet = [name for name in topology.WORKLOAD_QUEUES if depths.get(name) == 0]
+    rescue.busy_queues = [name for name in topology.WORKLOAD_QUEUES if depths.get(name)]
+    rescue.missing_queues = [name for name in topology.WORKLOAD_QUEUES if name not in depths]
     cutoff = timezone.now() - datetime.timedelta(seconds=after)
-    for state, clock in _CLOCKS.items():
-        old = Job.objects.filter(state=state, queue__in=quiet, **{f"{clock}__lte": cutoff})
-        ids = list(old.order_by(clock).values_list("pk", flat=True)[:batch_size])
+    not_rescued_lately = Q(rescued_at__isnull=True) | Q(rescued_at__lte=cutoff)
+    found: dict[str, list[Job]] = {}
+    for state, waiting_since in _WAITING_SINCE.items():
+        old = (
+            Job.objects.filter(not_rescued_lately, state=state, queue__in=quiet)
+            .alias(waiting_since=waiting_since)
+            .filter(waiting_since__lte=cutoff)
+            .order_by("waiting_since")[:batch_size]
+        )
+        jobs = list(old)
         if state == JobState.STARTED:
-            ids = _without_a_live_run(ids)
-        rescue.lost[state] = ids
-    if dry_run or not rescue.total:
+            jobs = _without_a_live_run(jobs)
+        found[state] = jobs
+    if dry_run:
+        rescue.lost = {state: [job.id for job in jobs] for state, jobs in found.items()}
         return rescue
-    resend_queued_jobs(rescue.lost[JobState.QUEUED])
-    for state in (JobState.STARTED, JobState.RETRYING):
-        if rescue.lost[state]:
-            # Read again, in their state still: one may have moved since the look.
-            jobs = list(Job.objects.filter(pk__in=rescue.lost[state], state=state))
-            publish_jobs(jobs, force=True)
-    logger.warning("rescue: sent again the jobs whose messages looked lost: %s", rescue.describe())
+    for state, jobs in found.items():
+        sent = publish_jobs(jobs, force=True) if jobs else []
+        if sent:
+            Job.objects.filter(pk__in=[job.id for job in sent]).update(rescued_at=timezone.now())
+        rescue.lost[state] = [job.id for job in sent]
+    if rescue.total:
+        logger.warning("rescue: sent again the jobs whose messages looked lost: %s", rescue.describe())
+    if rescue.missing_queues:
+        logger.warning("rescue: %s", rescue.describe())
     return rescue
 
 
-def _without_a_live_run(job_ids: list) -> list:
-    """The jobs among `job_ids` whose lease no run holds: each lease is taken and given
-    back at once (a worker's copy that meets it taken meanwhile looks again later)."""
-    free = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        for job_id in job_ids:
-            key = ledger.lock_key(job_id)
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
-            if cursor.fetchone()[0]:
-                free.append(job_id)
-    return free
+def _without_a_live_run(jobs: list[Job]) -> list[Job]:
+    """The jobs whose lease no run holds, read from pg_locks without taking any lock.
+
+    A bigint advisory lock shows there as classid (the key's high 32 bits), objid (its
+    low 32 bits) and objsubid 1.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT classid::bigint, objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+        )
+        held = set()
+        for high, low in cursor.fetchall():
+            key = (high << 32) | low
+            held.add(key - (1 << 64) if key >= 1 << 63 else key)
+    return [job for job in jobs if ledger.lock_key(job.id) not in held]

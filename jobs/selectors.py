@@ -22,7 +22,12 @@ def jobs_by_state_and_queue() -> list[tuple[str, str, int]]:
 
 
 def queue_depths(timeout: float = 2.0) -> dict[str, int] | None:
-    """Messages ready in each queue of the topology, from RabbitMQ; None if unreachable."""
+    """Messages ready in each queue of the topology, from RabbitMQ; None if unreachable.
+
+    A queue RabbitMQ does not have (deleted by hand, not yet declared) is left out.
+    """
+    import amqp
+
     from project.celery import app
 
     try:
@@ -31,7 +36,10 @@ def queue_depths(timeout: float = 2.0) -> dict[str, int] | None:
             channel = conn.channel()
             depths = {}
             for name in [*topology.WORKLOAD_QUEUES, topology.DEAD_LETTER_QUEUE]:
-                depths[name] = channel.queue_declare(name, passive=True).message_count
+                try:
+                    depths[name] = channel.queue_declare(name, passive=True).message_count
+                except amqp.exceptions.NotFound:
+                    channel = conn.channel()  # the broker closed the one that asked
             channel.close()
             return depths
     except Exception:  # noqa: BLE001 - metrics report the broker as down instead

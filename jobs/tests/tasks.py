@@ -68,6 +68,16 @@ def fail_once(path: str) -> str:
     return "ok"
 
 
+@app.task(name="tests.retry_itself", bind=True)
+def retry_itself(self, path: str, countdown: float) -> str:
+    """Asks Celery for its own retry (self.retry), once, `countdown` seconds later."""
+    if not lines(path):
+        _append(path, "fail")
+        raise self.retry(exc=ValueError("not yet"), countdown=countdown)
+    _append(path, "ok")
+    return "ok"
+
+
 @app.task(name="tests.sleep")
 def sleep(path: str, seconds: float) -> None:
     _append(path, "start")

@@ -24,14 +24,27 @@ def purge(queue: str = "default") -> int:
         return conn.default_channel.queue_purge(queue)
 
 
+def delete_queue(queue: str) -> None:
+    from project.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(queue)
+
+
+def declare_topology() -> None:
+    from jobs import topology
+    from project.celery import app
+
+    with app.connection_for_write() as conn:
+        topology.declare(conn)
+
+
 def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_worker, tmp_path):
     path = str(tmp_path / "out")
     long_ago = timezone.now() - datetime.timedelta(minutes=20)
-    jobs = {
-        name: enqueue(tasks.record, path, name) for name in ("queued1", "queued2", "orphan", "alive", "retry")
-    }
-    assert purge() == 5  # no worker ran: every message waited in the queue, and is gone
-    ids = {name: job.id for name, job in jobs.items()}
+    names = ("queued1", "queued2", "orphan", "alive", "retry", "delayed")
+    ids = {name: enqueue(tasks.record, path, name).id for name in names}
+    assert purge() == len(names)  # no worker ran: every message waited in the queue, and is gone
     Job.objects.filter(pk__in=[ids["queued1"], ids["queued2"]]).update(queued_at=long_ago)
     # A run that died with its worker after RabbitMQ lost its message; and one that is
     # still going (its lease held) after as long.
@@ -42,7 +55,13 @@ def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_w
     Job.objects.filter(pk=ids["retry"]).update(
         state=JobState.RETRYING, attempts=1, retries=1, run_after=long_ago
     )
+    # Queued long ago, but a rate limit delayed its copy until a minute ago: a worker
+    # may hold that copy still, out of the queue.
+    Job.objects.filter(pk=ids["delayed"]).update(
+        queued_at=long_ago, run_after=timezone.now() - datetime.timedelta(minutes=1)
+    )
     live_run = psycopg2.connect(**connection.get_connection_params())
+    deleted_queue = False
     try:
         with live_run.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s)", [ledger.lock_key(ids["alive"])])
@@ -51,19 +70,19 @@ def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_w
         kept = enqueue(tasks.record, path, "kept")
         Job.objects.filter(pk=kept.id).update(queued_at=long_ago)
         waiting = rescue.rescue_lost_jobs()
-        assert (waiting.total, waiting.busy_queues) == (0, ["default"])
+        assert (waiting.total, waiting.busy_queues, waiting.missing_queues) == (0, ["default"], [])
 
         young = enqueue(tasks.record, path, "young")  # queued a moment ago: not taken for lost
         assert purge() == 2
+        delete_queue("cache")  # by hand: the other queues are still looked at
+        deleted_queue = True
         out = io.StringIO()
         call_command("jobs_rescue", "--dry-run", stdout=out)
         listed = out.getvalue()
-        assert "would be sent again: 3 queued, 1 started, 1 retrying" in listed
-        assert str(ids["orphan"]) in listed and str(ids["alive"]) not in listed
-        assert str(young.id) not in listed
-        assert Job.objects.filter(state=JobState.QUEUED, queued_at=long_ago).count() == 3, (
-            "a dry run sends nothing"
-        )
+        assert "would be sent again: 3 queued, 1 started, 1 retrying; queues missing in RabbitMQ" in listed
+        assert str(ids["orphan"]) in listed and str(kept.id) in listed
+        assert not {str(ids["alive"]), str(ids["delayed"]), str(young.id)} & set(listed.split())
+        assert not Job.objects.filter(rescued_at__isnull=False).exists(), "a dry run sends nothing"
 
         sent = rescue.rescue_lost_jobs()
         assert {state: sorted(map(str, found)) for state, found in sent.lost.items()} == {
@@ -71,7 +90,13 @@ def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_w
             JobState.STARTED: [str(ids["orphan"])],
             JobState.RETRYING: [str(ids["retry"])],
         }
-        assert rescue.rescue_lost_jobs().total == 0, "copies in the queue: the next pass sends none"
+        assert sent.missing_queues == ["cache"]
+        # Copies a worker took and holds (or that were lost again) leave the queue
+        # empty: the next passes send none until JOBS_RESCUE_AFTER_SECONDS have passed.
+        assert purge() == 5
+        assert rescue.rescue_lost_jobs().total == 0
+        Job.objects.filter(rescued_at__isnull=False).update(rescued_at=long_ago)
+        assert rescue.rescue_lost_jobs().total == 5
 
         own_worker.start()
         rescued = [ids["queued1"], ids["queued2"], kept.id, ids["orphan"], ids["retry"]]
@@ -85,10 +110,13 @@ def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_w
         assert (orphan.attempts, orphan.lost_runs) == (2, 1), "the dead run was counted"
         assert (retry.attempts, retry.retries) == (2, 1)
         assert Job.objects.get(pk=ids["alive"]).state == JobState.STARTED, "a live run is left alone"
-        assert Job.objects.get(pk=young.id).state == JobState.QUEUED
-        assert rescue.rescue_lost_jobs().total == 0
+        assert (
+            Job.objects.get(pk=young.id).state == Job.objects.get(pk=ids["delayed"]).state == JobState.QUEUED
+        )
     finally:
         live_run.close()
+        if deleted_queue:
+            declare_topology()
 
 
 def test_the_rescue_command_refuses_a_bad_age_and_an_unreachable_broker(monkeypatch):
@@ -130,3 +158,17 @@ def test_a_failing_rescue_pass_does_not_stop_the_relay(monkeypatch, settings):
     settings.JOBS_RESCUE_INTERVAL_SECONDS = 1
     relay.run_relay_forever(interval=1.0, stop=lambda: clock[0] >= 3)
     assert relayed == [0.0, 1.0, 2.0]
+
+
+def test_a_retry_the_body_asks_for_itself_records_when_it_is_due(worker, tmp_path):
+    """self.retry(countdown=...) tells the ledger when the retry is due (run_after), so
+    that neither a duplicate copy nor the rescue starts it before then."""
+    path = str(tmp_path / "out")
+    job = enqueue(tasks.retry_itself, path, 2.0)
+    wait_for(lambda: Job.objects.get(pk=job.id).state == JobState.RETRYING, message="the first attempt")
+    row = Job.objects.get(pk=job.id)
+    assert row.run_after is not None
+    assert 1.5 <= (row.run_after - row.finished_at).total_seconds() <= 2.5
+    wait_for(lambda: Job.objects.get(pk=job.id).state == JobState.SUCCEEDED, message="the retry")
+    done = Job.objects.get(pk=job.id)
+    assert done.attempts == 2 and done.started_at >= row.run_after - datetime.timedelta(seconds=0.5)
