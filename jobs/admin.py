@@ -42,6 +42,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
                     "started_at",
                     "finished_at",
                     "duration_ms",
+                    "delayed_until",
                     "rescued_at",
                 ]
             },

@@ -35,6 +35,7 @@ import traceback
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
+from celery.utils.time import maybe_make_aware
 from django.conf import settings
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection
 from django.db.models import F
@@ -196,9 +197,9 @@ class JobTask(Task):
                 self._log(job_id, f"over the {rate} limit of {name}; delayed {wait:.2f}s")
                 # When the delayed copy is due: until then a worker holds it unacked, out
                 # of the queue, and the rescue (jobs/rescue.py) must not take it for lost.
-                Job.objects.filter(pk=job_id, state=JobState.QUEUED).update(
-                    run_after=timezone.now() + datetime.timedelta(seconds=wait)
-                )
+                Job.objects.filter(
+                    pk=job_id, state__in=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING]
+                ).update(delayed_until=timezone.now() + datetime.timedelta(seconds=wait))
                 self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
 
     def _ledger_row(self, job_id: str, args, kwargs) -> Job:
@@ -222,8 +223,12 @@ class JobTask(Task):
         try:
             result = self.run(*args, **kwargs)
         except Retry as exc:
-            # The task body called self.retry() itself: its new message is already sent.
-            self._record_retry(job, exc.exc or exc, started, countdown=_seconds_until(exc.when))
+            # The task body called self.retry() itself: its new message is already sent,
+            # due `when` from a moment ago; a second's margin keeps the ledger from
+            # turning that copy back as early when it comes.
+            seconds = _seconds_until(exc.when, self.app.timezone)
+            countdown = None if seconds is None else max(0.0, seconds - 1.0)
+            self._record_retry(job, exc.exc or exc, started, countdown=countdown)
             raise
         except SoftTimeLimitExceeded as exc:
             self._record_dead(job, exc, started, reason="soft time limit exceeded")
@@ -307,11 +312,10 @@ class JobTask(Task):
 
     def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
         # With its backoff's end as `run_after`: another copy of the job's message (a
-        # relay duplicate, a resend) must not start the next attempt before then.
-        due = (
-            {} if countdown is None else {"run_after": timezone.now() + datetime.timedelta(seconds=countdown)}
-        )
-        self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1, **due)
+        # relay duplicate, a resend) must not start the next attempt before then. None
+        # when it is unknown, rather than a time left from an earlier retry.
+        due = None if countdown is None else timezone.now() + datetime.timedelta(seconds=countdown)
+        self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1, run_after=due)
         extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
         logger.warning(
             "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s%s",
@@ -435,12 +439,11 @@ class JobTask(Task):
 _ONE_RECONNECT = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
 
 
-def _seconds_until(when) -> float | None:
-    """A Retry's `when` (seconds, or the eta as a datetime) as seconds from now."""
+def _seconds_until(when, tz) -> float | None:
+    """A Retry's `when` (seconds, or the eta as a datetime, naive ones in the app's
+    time zone as the worker reads them) as seconds from now; None if it has none."""
     if isinstance(when, datetime.datetime):
-        if timezone.is_naive(when):
-            return None  # its time zone is Celery's guess; better no run_after than a wrong one
-        return max(0.0, (when - timezone.now()).total_seconds())
+        return max(0.0, (maybe_make_aware(when, tz) - timezone.now()).total_seconds())
     return float(when) if isinstance(when, (int, float)) else None
 
 

@@ -33,9 +33,18 @@ class PlatformCollector:
         depth = GaugeMetricFamily(
             "jobs_queue_depth", "Messages ready in each RabbitMQ queue.", labels=["queue"]
         )
+        missing = GaugeMetricFamily(
+            "jobs_queue_missing",
+            "1 for a queue of the topology that RabbitMQ does not have.",
+            labels=["queue"],
+        )
         for queue, count in (depths or {}).items():
-            depth.add_metric([queue], count)
+            if count is None:
+                missing.add_metric([queue], 1)
+            else:
+                depth.add_metric([queue], count)
         yield depth
+        yield missing
 
         dead = GaugeMetricFamily("jobs_dead_letters_open", "Dead letters not yet replayed or discarded.")
         dead.add_metric([], selectors.open_dead_letters())

@@ -106,6 +106,11 @@ class Job(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    delayed_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the copy a rate limit delayed is due (a worker holds it until then).",
+    )
     rescued_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
     )

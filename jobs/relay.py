@@ -71,13 +71,13 @@ def run_relay_forever(interval: float | None = None, stop=lambda: False) -> None
         _one_pass("relay", relay_until_drained, interval)
         if rescue_every > 0 and monotonic() >= next_rescue:
             next_rescue = monotonic() + rescue_every
-            _one_pass("rescue", rescue_lost_jobs, interval)
+            _one_pass("rescue", rescue_lost_jobs, rescue_every)
         sleep(interval)
 
 
-def _one_pass(name: str, step, interval: float) -> None:
+def _one_pass(name: str, step, again_in: float) -> None:
     try:
         step()
     except Exception:  # noqa: BLE001 - the loop must outlive a database or broker outage
-        logger.exception("%s pass failed; trying again in %.1fs", name, interval)
+        logger.exception("%s pass failed; trying again in %.1fs", name, again_in)
         connection.close()

@@ -43,13 +43,14 @@ from jobs.publisher import publish_jobs
 
 logger = logging.getLogger(__name__)
 
-# Since when a job has waited, in each state the rescue looks at. PostgreSQL's
-# GREATEST skips NULLs: a queued job's run_after is set only by a rate limit's delay,
-# a retrying job's only by a backoff the platform knows.
+# Since when a job has waited, in each state the rescue looks at: the latest of its
+# times that apply (PostgreSQL's GREATEST skips NULLs). `delayed_until` is when a copy
+# a rate limit delayed is due; `run_after` a retry's backoff end (or, for a queued
+# job, a deferral already past).
 _WAITING_SINCE = {
-    JobState.QUEUED: Greatest("queued_at", "run_after"),
+    JobState.QUEUED: Greatest("queued_at", "run_after", "delayed_until"),
     JobState.STARTED: F("started_at"),
-    JobState.RETRYING: Greatest("run_after", "finished_at"),
+    JobState.RETRYING: Greatest("run_after", "finished_at", "delayed_until"),
 }
 
 
@@ -89,9 +90,9 @@ def rescue_lost_jobs(
     if depths is None:
         rescue.broker_unreachable = True
         return rescue
-    quiet = [name for name in topology.WORKLOAD_QUEUES if depths.get(name) == 0]
-    rescue.busy_queues = [name for name in topology.WORKLOAD_QUEUES if depths.get(name)]
-    rescue.missing_queues = [name for name in topology.WORKLOAD_QUEUES if name not in depths]
+    quiet = [name for name in topology.WORKLOAD_QUEUES if depths[name] == 0]
+    rescue.busy_queues = [name for name in topology.WORKLOAD_QUEUES if depths[name]]
+    rescue.missing_queues = [name for name in topology.WORKLOAD_QUEUES if depths[name] is None]
     cutoff = timezone.now() - datetime.timedelta(seconds=after)
     not_rescued_lately = Q(rescued_at__isnull=True) | Q(rescued_at__lte=cutoff)
     found: dict[str, list[Job]] = {}
@@ -129,8 +130,9 @@ def _without_a_live_run(jobs: list[Job]) -> list[Job]:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT classid::bigint, objid::bigint FROM pg_locks "
-            "WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+            "SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objsubid = 1 AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         held = set()
         for high, low in cursor.fetchall():

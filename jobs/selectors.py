@@ -21,10 +21,10 @@ def jobs_by_state_and_queue() -> list[tuple[str, str, int]]:
     return [(queue, state, n) for queue, state, n in rows]
 
 
-def queue_depths(timeout: float = 2.0) -> dict[str, int] | None:
+def queue_depths(timeout: float = 2.0) -> dict[str, int | None] | None:
     """Messages ready in each queue of the topology, from RabbitMQ; None if unreachable.
 
-    A queue RabbitMQ does not have (deleted by hand, not yet declared) is left out.
+    A queue RabbitMQ does not have (deleted by hand, not yet declared) reads None.
     """
     import amqp
 
@@ -39,7 +39,7 @@ def queue_depths(timeout: float = 2.0) -> dict[str, int] | None:
                 try:
                     depths[name] = channel.queue_declare(name, passive=True).message_count
                 except amqp.exceptions.NotFound:
-                    channel = conn.channel()  # the broker closed the one that asked
+                    depths[name] = None  # py-amqp has reopened the channel the broker closed
             channel.close()
             return depths
     except Exception:  # noqa: BLE001 - metrics report the broker as down instead

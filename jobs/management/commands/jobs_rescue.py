@@ -15,7 +15,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--after",
-            help="How long a job must have waited: 15m, 2h, 1d (default: JOBS_RESCUE_AFTER_SECONDS).",
+            help=(
+                "How long a job must have waited, and since its last rescue: 15m, 2h, 1d "
+                "(default: JOBS_RESCUE_AFTER_SECONDS)."
+            ),
         )
         parser.add_argument("--dry-run", action="store_true", help="List them; change nothing.")
 
