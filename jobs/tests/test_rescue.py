@@ -12,7 +12,6 @@ from django.utils import timezone
 from jobs import enqueue, ledger, relay, rescue, selectors
 from jobs.models import Job, JobState
 from jobs.testing import wait_for
-from jobs.testing.processes import background, manage_py
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,24 +130,6 @@ def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_w
         live_run.close()
         if deleted_queue:
             declare_topology()
-
-
-def test_the_relay_process_rescues_a_purged_job_which_then_runs_once(own_worker, worker_env, tmp_path):
-    """The wiring, end to end: `manage.py relay` runs the rescue pass on its own."""
-    path = str(tmp_path / "out")
-    job = enqueue(tasks.record, path, "purged")
-    assert purge() == 1
-    env = {**worker_env, "JOBS_RESCUE_AFTER_SECONDS": "1", "JOBS_RESCUE_INTERVAL_SECONDS": "0.5"}
-    with background(manage_py("relay"), env, tmp_path / "relay.log", graceful=True):
-        wait_for(
-            lambda: Job.objects.get(pk=job.id).rescued_at is not None,
-            timeout=20,
-            message="the relay's rescue",
-        )
-    assert "sent again the jobs whose messages looked lost: 1 queued" in (tmp_path / "relay.log").read_text()
-    own_worker.start()
-    wait_for(lambda: Job.objects.get(pk=job.id).state == JobState.SUCCEEDED, timeout=30, message="the job")
-    assert tasks.lines(path) == ["purged"]
 
 
 def test_the_rescue_command_refuses_a_bad_age_and_an_unreachable_broker(monkeypatch):

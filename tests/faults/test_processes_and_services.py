@@ -1,5 +1,6 @@
-"""Scenarios 1-6 of the fault suite: killed workers, a restarted or absent broker,
-terminated database sessions and a stopped Redis. Each restores what it breaks."""
+"""Scenarios 1-6, 11-13 of the fault suite: killed workers, a restarted, absent, blocked
+or frozen broker, a purged queue, terminated database sessions and a stopped Redis.
+Each restores what it breaks."""
 
 import collections
 import json
@@ -311,6 +312,55 @@ def test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing(
         f"enqueue times {', '.join(f'{d * 1000:.0f}' for d in durations)} ms; all 8 `pending` while frozen; "
         "after SIGCONT the relay published them and all 8 `succeeded`, one effect each",
         "test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing",
+    )  # fmt: skip
+
+
+def test_jobs_whose_messages_a_purge_lost_are_rescued_by_the_relay_and_run_once(
+    own_worker, worker_env, tmp_path, reliability
+):
+    """Scenario 13: an operator purges a queue under jobs that wait and under one whose
+    worker was killed mid-run, so RabbitMQ holds no message for any of them."""
+    from project.celery import app
+
+    long_one = make_invoice(lines=2500)  # renders for about a second
+    own_worker.concurrency = 1
+    own_worker.start()
+    interrupted = invoice_services.request_pdf(long_one)
+    wait_for(
+        lambda: Job.objects.filter(pk=interrupted.id, state=JobState.STARTED).exists(),
+        message="the render to start",
+    )
+    time.sleep(0.2)
+    own_worker.kill()  # SIGKILL of the whole worker: its message goes back to the queue
+    waiting = [make_invoice(lines=10) for _ in range(10)]
+    ids = [invoice_services.request_pdf(invoice).id for invoice in waiting]
+    with app.connection_for_write() as conn:
+        purged = conn.default_channel.queue_purge("invoices")
+    assert purged == 11, "the interrupted job's message and the ten waiting ones"
+    env = {**worker_env, "JOBS_RESCUE_AFTER_SECONDS": "2", "JOBS_RESCUE_INTERVAL_SECONDS": "0.5"}
+    with background(manage_py("relay"), env, tmp_path / "relay.log", graceful=True):
+        wait_for(
+            lambda: Job.objects.filter(pk__in=[*ids, interrupted.id], rescued_at__isnull=False).count() == 11,
+            timeout=30,
+            message="the relay's rescue of all 11",
+        )
+        own_worker.start()
+        done = all_final([*ids, interrupted.id], timeout=90, worker=own_worker)
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert_one_pdf_each([long_one, *waiting])
+    interrupted = Job.objects.get(pk=interrupted.id)
+    assert (interrupted.attempts, interrupted.lost_runs) == (2, 1), (
+        "the killed run was counted, then run again"
+    )
+    assert "sent again the jobs whose messages looked lost" in (tmp_path / "relay.log").read_text()
+    reliability.record(
+        "13", "A queue purged by hand under waiting jobs and a job whose worker was killed mid-run",
+        "`kill -9` of the worker during a 2,500-line PDF; 10 more PDF jobs enqueued with no worker; "
+        "the `invoices` queue purged (11 messages); relay with JOBS_RESCUE_AFTER_SECONDS=2",
+        "the relay's rescue sent all 11 again (10 `queued`, 1 `started` with its lease free); a new worker ran "
+        f"them: all 11 `succeeded`, one PDF each; the killed one at attempt {interrupted.attempts} with "
+        f"{interrupted.lost_runs} lost run",
+        "test_jobs_whose_messages_a_purge_lost_are_rescued_by_the_relay_and_run_once",
     )  # fmt: skip
 
 
