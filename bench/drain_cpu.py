@@ -6,7 +6,8 @@ the platform, read from /proc around each drain.
 For each round it drains `--jobs` no-op jobs four ways with the bench's worker (2
 prefork processes): bare Celery, bare Celery with the priority the platform's jobs
 carry, the platform, and the platform without its success write (a bound, not a
-mode a real job can run in: bench.tasks._StartOnly). It prints the rate, the CPU milliseconds per job of each
+mode a real job can run in: bench.tasks._StartOnly). It prints the rate, the ratio to
+bare Celery's with the same priority, the CPU milliseconds per job of each
 kind of process (the worker's main process, its pool processes, RabbitMQ, PostgreSQL,
 this script) and how many of the 2 cores were busy on average. It uses `make bench`'s
 vhost and database, made afresh, so the two must not run at once; and it counts

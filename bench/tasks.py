@@ -1,4 +1,5 @@
-"""Jobs used by the benchmark (bench/run.py): the same no-op, bare and on the platform."""
+"""Jobs used by the benchmarks (bench/run.py, bench/drain_cpu.py): the same no-op, bare
+and on the platform, and a measuring device (noop_start_only)."""
 
 from celery import Task
 

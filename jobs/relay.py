@@ -2,7 +2,8 @@
 
 Broker down at enqueue, a web process killed between commit and publish, a retry
 whose new copy could not be sent, a deferred job whose time has come: all of them
-wait as `pending` rows, and the relay sends them.
+wait as `pending` rows, and the relay sends them. Its loop also runs the rescue
+(jobs/rescue.py), for jobs whose messages RabbitMQ lost after they were sent.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def rescue_lost_jobs(
     found: dict[str, list[Job]] = {state: [] for state in _WAITING_SINCE}
     for job in old:
         found[job.state].append(job)
-    found[JobState.STARTED] = _without_a_live_run(found[JobState.STARTED])
+    found[JobState.STARTED] = without_a_live_run(found[JobState.STARTED])
     if dry_run:
         rescue.lost = {state: [job.id for job in jobs] for state, jobs in found.items()}
         return rescue
@@ -123,7 +123,7 @@ def rescue_lost_jobs(
     return rescue
 
 
-def _without_a_live_run(jobs: list[Job]) -> list[Job]:
+def without_a_live_run(jobs: list[Job]) -> list[Job]:
     """The jobs whose lease no run holds, read from pg_locks without taking any lock.
 
     A bigint advisory lock shows there as classid (the key's high 32 bits), objid (its

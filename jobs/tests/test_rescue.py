@@ -159,9 +159,10 @@ def test_the_relay_runs_a_rescue_pass_at_start_and_then_every_interval(monkeypat
 
 
 def test_a_failing_rescue_pass_does_not_stop_the_relay(monkeypatch, settings):
-    relayed, clock = [], [0.0]
+    relayed, rescues, clock = [], [], [0.0]
 
     def broken():
+        rescues.append(clock[0])
         raise psycopg2.OperationalError("server closed the connection")
 
     monkeypatch.setattr(relay, "relay_until_drained", lambda: relayed.append(clock[0]))
@@ -171,6 +172,7 @@ def test_a_failing_rescue_pass_does_not_stop_the_relay(monkeypatch, settings):
     settings.JOBS_RESCUE_INTERVAL_SECONDS = 1
     relay.run_relay_forever(interval=1.0, stop=lambda: clock[0] >= 3)
     assert relayed == [0.0, 1.0, 2.0]
+    assert rescues == [0.0, 1.0, 2.0], "each failed, and the next came on time"
 
 
 def test_a_retry_the_body_asks_for_itself_records_when_it_is_due(worker, tmp_path):

@@ -3,6 +3,7 @@ or frozen broker, a purged queue, terminated database sessions and a stopped Red
 Each restores what it breaks."""
 
 import collections
+import datetime
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 import jobs
 from invoices import services as invoice_services
@@ -23,6 +25,7 @@ from invoices.models import Invoice, InvoiceEvent, InvoiceEventType, InvoiceLine
 from invoices.tasks import generate_pdf
 from invoices.tests.factories import make_customer, make_invoice
 from jobs.models import Job, JobState
+from jobs.rescue import without_a_live_run
 from jobs.testing import faults, wait_for
 from jobs.testing.processes import background, manage_py
 from jobs.tests import tasks
@@ -337,15 +340,24 @@ def test_jobs_whose_messages_a_purge_lost_are_rescued_by_the_relay_and_run_once(
     with app.connection_for_write() as conn:
         purged = conn.default_channel.queue_purge("invoices")
     assert purged == 11, "the interrupted job's message and the ten waiting ones"
-    env = {**worker_env, "JOBS_RESCUE_AFTER_SECONDS": "2", "JOBS_RESCUE_INTERVAL_SECONDS": "0.5"}
-    with background(manage_py("relay"), env, tmp_path / "relay.log", graceful=True):
+    # Fifteen minutes pass (JOBS_RESCUE_AFTER_SECONDS): the ledger's clocks are set
+    # back, so that all 11 qualify at the relay's first pass. (Jobs that qualify at
+    # different passes are rescued as their queue empties, which needs a worker.)
+    long_ago = timezone.now() - datetime.timedelta(minutes=16)
+    Job.objects.filter(pk__in=ids).update(queued_at=long_ago)
+    Job.objects.filter(pk=interrupted.id).update(started_at=long_ago)
+    wait_for(
+        lambda: without_a_live_run([Job.objects.get(pk=interrupted.id)]),
+        message="PostgreSQL to end the killed run's session, and its lease",
+    )
+    with background(manage_py("relay"), worker_env, tmp_path / "relay.log", graceful=True):
         wait_for(
             lambda: Job.objects.filter(pk__in=[*ids, interrupted.id], rescued_at__isnull=False).count() == 11,
             timeout=30,
             message="the relay's rescue of all 11",
         )
-        own_worker.start()
-        done = all_final([*ids, interrupted.id], timeout=90, worker=own_worker)
+    own_worker.start()
+    done = all_final([*ids, interrupted.id], timeout=90, worker=own_worker)
     assert {job.state for job in done} == {JobState.SUCCEEDED}
     assert_one_pdf_each([long_one, *waiting])
     interrupted = Job.objects.get(pk=interrupted.id)
@@ -356,7 +368,7 @@ def test_jobs_whose_messages_a_purge_lost_are_rescued_by_the_relay_and_run_once(
     reliability.record(
         "13", "A queue purged by hand under waiting jobs and a job whose worker was killed mid-run",
         "`kill -9` of the worker during a 2,500-line PDF; 10 more PDF jobs enqueued with no worker; "
-        "the `invoices` queue purged (11 messages); relay with JOBS_RESCUE_AFTER_SECONDS=2",
+        "the `invoices` queue purged (11 messages); the ledger's clocks set back 16 minutes; the relay started",
         "the relay's rescue sent all 11 again (10 `queued`, 1 `started` with its lease free); a new worker ran "
         f"them: all 11 `succeeded`, one PDF each; the killed one at attempt {interrupted.attempts} with "
         f"{interrupted.lost_runs} lost run",

@@ -5,7 +5,10 @@ from jobs.shutdown import stop_requested_on_signal
 
 
 class Command(BaseCommand):
-    help = "Publishes pending jobs (the outbox relay). Runs until stopped, or once with --once."
+    help = (
+        "Publishes pending jobs (the outbox relay) and, every JOBS_RESCUE_INTERVAL_SECONDS, sends "
+        "again jobs whose messages look lost (jobs_rescue). Runs until stopped; --once publishes once."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="Publish what is due, then exit.")
@@ -16,5 +19,5 @@ class Command(BaseCommand):
             sent = relay_until_drained()
             self.stdout.write(f"published {sent} pending job(s)")
             return
-        self.stdout.write("relay running; publishing pending jobs")
+        self.stdout.write("relay running; publishing pending jobs and rescuing lost ones")
         run_relay_forever(interval=interval, stop=stop_requested_on_signal())
