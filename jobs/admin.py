@@ -20,7 +20,7 @@ from jobs.models import DeadLetter, Event, Job, JobLaunch
 class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     change_list_template = "admin/jobs/job/change_list.html"
     list_display = ["id", "task_name", "state", "queue", "priority", "attempts", "created_at", "duration_ms"]
-    list_filter = ["state", "task_name", "queue"]
+    list_filter = ["state", "task_name", "queue", "rescued_at"]
     search_fields = ["key", "task_name"]
     search_help_text = "A job id, an idempotency key, or part of a task name."
     date_hierarchy = "created_at"
@@ -121,6 +121,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
             "by_state": selectors.jobs_by_state_and_queue(),
             "depths": selectors.queue_depths(),
             "dead_letters": selectors.open_dead_letters(),
+            "rescued": selectors.rescued_since(24),
             "latency": latency,
             "bars": bars,
             "finished_last_hour": sum(ok + dead for _, ok, dead in throughput),

@@ -46,6 +46,12 @@ class PlatformCollector:
         yield depth
         yield missing
 
+        rescued = GaugeMetricFamily(
+            "jobs_rescued_last_day", "Jobs sent again by the rescue (their messages looked lost) in 24 hours."
+        )
+        rescued.add_metric([], selectors.rescued_since(24))
+        yield rescued
+
         dead = GaugeMetricFamily("jobs_dead_letters_open", "Dead letters not yet replayed or discarded.")
         dead.add_metric([], selectors.open_dead_letters())
         yield dead

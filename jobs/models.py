@@ -125,6 +125,10 @@ class Job(models.Model):
             models.Index(fields=["created_at"], name="job_pending_created_idx", condition=Q(state="pending")),
             models.Index(fields=["unique_key"], name="job_unique_key_idx", condition=~Q(unique_key="")),
             models.Index(fields=["event"], name="job_event_idx", condition=Q(event__isnull=False)),
+            # Jobs the rescue sent again (jobs/rescue.py), counted on every metrics scrape.
+            models.Index(
+                fields=["rescued_at"], name="job_rescued_idx", condition=Q(rescued_at__isnull=False)
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["key"], name="job_key_unique", condition=Q(key__isnull=False)),

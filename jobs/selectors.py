@@ -46,6 +46,11 @@ def queue_depths(timeout: float = 2.0) -> dict[str, int | None] | None:
         return None
 
 
+def rescued_since(hours: int = 24) -> int:
+    """Jobs the rescue sent again (their messages looked lost) in the last `hours`."""
+    return Job.objects.filter(rescued_at__gte=timezone.now() - datetime.timedelta(hours=hours)).count()
+
+
 def open_dead_letters() -> int:
     return DeadLetter.objects.filter(state=DeadLetterState.OPEN).count()
 

@@ -7,6 +7,7 @@ import psycopg2
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
 from jobs import enqueue, ledger, relay, rescue, selectors
@@ -50,7 +51,9 @@ def declare_topology() -> None:
         topology.declare(conn)
 
 
-def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_worker, tmp_path):
+def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(
+    own_worker, admin_client, tmp_path
+):
     path = str(tmp_path / "out")
     long_ago = timezone.now() - datetime.timedelta(minutes=20)
     names = ("queued1", "queued2", "orphan", "alive", "retry", "delayed")
@@ -103,7 +106,12 @@ def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(own_w
         }
         assert sent.missing_queues == ["cache"]
         assert selectors.queue_depths()["cache"] is None
-        assert 'jobs_queue_missing{queue="cache"} 1.0' in metrics_text()
+        scraped = metrics_text()
+        assert 'jobs_queue_missing{queue="cache"} 1.0' in scraped and "jobs_rescued_last_day 5.0" in scraped
+        dashboard = admin_client.get(reverse("admin:jobs_job_dashboard")).content.decode()
+        assert '?rescued_at__isnull=False">5</a>' in dashboard and "missing in RabbitMQ" in dashboard
+        listed = admin_client.get(reverse("admin:jobs_job_changelist") + "?rescued_at__isnull=False")
+        assert listed.status_code == 200 and str(ids["orphan"]) in listed.content.decode()
         # Copies a worker took and holds (or that were lost again) leave the queue
         # empty: the next passes send none until JOBS_RESCUE_AFTER_SECONDS have passed.
         assert purge() == 5
