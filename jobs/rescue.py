@@ -111,15 +111,13 @@ def rescue_lost_jobs(
     if dry_run:
         rescue.lost = {state: [job.id for job in jobs] for state, jobs in found.items()}
         return rescue
-    for state, jobs in found.items():
-        sent = publish_jobs(jobs, force=True) if jobs else []
-        if sent:
-            Job.objects.filter(pk__in=[job.id for job in sent]).update(rescued_at=timezone.now())
-        rescue.lost[state] = [job.id for job in sent]
-    if rescue.total:
+    sent = publish_jobs([job for jobs in found.values() for job in jobs], force=True)
+    if sent:
+        Job.objects.filter(pk__in=[job.id for job in sent]).update(rescued_at=timezone.now())
+    for job in sent:
+        rescue.lost[job.state].append(job.id)
+    if rescue.total or rescue.missing_queues:
         logger.warning("rescue: sent again the jobs whose messages looked lost: %s", rescue.describe())
-    if rescue.missing_queues:
-        logger.warning("rescue: %s", rescue.describe())
     return rescue
 
 
