@@ -12,13 +12,14 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 
-from django.db import DatabaseError, InterfaceError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from jobs import ledger, services, topology
+from jobs import ledger, services, task_message, topology
 from jobs.models import DeadLetter, DeadLetterState, Job, JobState
 
 logger = logging.getLogger(__name__)
@@ -31,26 +32,53 @@ class ReplayError(ValueError):
     """A dead letter that cannot be replayed; the message says why."""
 
 
-def _plain(value):
-    """Header values as JSON (x-death holds datetimes; AMQP tables may hold bytes)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+class _Storable:
+    """Turns a message's headers and properties into what PostgreSQL can hold.
+
+    Text columns and jsonb refuse NUL and lone UTF-16 surrogates; such a string is
+    kept JSON-escaped (a NUL reads as the six characters \\u0000) and `escaped`
+    says that it happened, so the record can say so.
+    """
+
+    def __init__(self) -> None:
+        self.escaped = False
+
+    def text(self, value, limit: int | None = None) -> str:
+        text = value if isinstance(value, str) else str(value)
+        if "\x00" in text or not task_message.is_utf8_text(text):
+            self.escaped = True
+            text = json.dumps(text)[1:-1]
+        return text[:limit] if limit is not None else text
+
+    def plain(self, value):
+        """Header values as JSON (x-death holds datetimes; AMQP tables may hold bytes)."""
+        if isinstance(value, dict):
+            return {self.text(k): self.plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.plain(v) for v in value]
+        if isinstance(value, datetime.datetime):
+            return value.isoformat()
+        if isinstance(value, bytes):
+            return self.text(value.decode(errors="replace"))
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return repr(value)
+        if isinstance(value, (int, float, bool)) or value is None:
+            return value
+        return self.text(value)
 
 
-def _body_text(body: bytes) -> tuple[str, str]:
+def _body_text(body: bytes) -> tuple[str, str, bool]:
+    """(text, encoding, held NUL): the body as text if PostgreSQL can hold it as it is,
+    else as base64."""
     try:
-        return body.decode("utf-8"), "utf-8"
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), "base64"
+        return base64.b64encode(body).decode("ascii"), "base64", False
+    if "\x00" in text:
+        return base64.b64encode(body).decode("ascii"), "base64", True
+    return text, "utf-8", False
 
 
 def _explain(headers: dict, properties: dict, body: bytes, reason: str, job: Job | None) -> str:
@@ -66,9 +94,12 @@ def _explain(headers: dict, properties: dict, body: bytes, reason: str, job: Job
     if not task:
         return "Not a task message (no task header): a foreign publisher or a malformed message."
     try:
-        json.loads(body)
-    except ValueError:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
         return "The body could not be decoded as JSON."
+    refused = task_message.refusal(headers, payload)
+    if refused:
+        return f"Refused by the worker: {refused}"
     from project.celery import app
 
     if task not in app.tasks:
@@ -77,47 +108,61 @@ def _explain(headers: dict, properties: dict, body: bytes, reason: str, job: Job
 
 
 def record_dead_letter(body: bytes, headers: dict, properties: dict, delivery_info: dict) -> DeadLetter:
-    """Records one message of the dead-letter queue; commits before returning.
+    """Records one message of the dead-letter queue, whatever its bytes; commits before returning.
 
     A message seen again while its row is still open (the same task id) updates that
     row: last seen, death count, times seen. A job the ledger still thinks alive (a
     message rejected before the job could run, such as an unknown task name) is
-    marked dead.
+    marked dead. What PostgreSQL cannot hold is stored escaped (headers) or as base64
+    (the body), and the record's error says so.
     """
     headers = headers or {}
-    deaths = headers.get("x-death") or [{}]
-    death = deaths[0]
+    store = _Storable()
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
     routing_keys = death.get("routing-keys") or [delivery_info.get("routing_key", "")]
-    identity = str(headers.get("id") or properties.get("message_id") or hashlib.sha256(body).hexdigest())
+    identity = store.text(
+        headers.get("id") or properties.get("message_id") or hashlib.sha256(body).hexdigest()
+    )
+    if len(identity) > 255:
+        identity = hashlib.sha256(identity.encode()).hexdigest()
     job_id = _as_uuid(headers.get("id"))
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.filter(pk=job_id).first() if job_id else None
-        reason = str(death.get("reason") or "")
+        reason = store.text(death.get("reason") or "", 32)
         if job is not None and not job.is_finished:
+            why = store.text(_explain(headers, properties, body, reason, None))
             ledger.transition(
-                job.id,
-                JobState.DEAD,
-                last_error=f"Dead-lettered by RabbitMQ: {_explain(headers, properties, body, reason, None)}",
-                finished_at=now,
+                job.id, JobState.DEAD, last_error=f"Dead-lettered by RabbitMQ: {why}", finished_at=now
             )
             job.refresh_from_db()
-        text, encoding = _body_text(body)
+        text, encoding, held_nul = _body_text(body)
+        count = death.get("count")
         fields = {
             "job": job,
-            "task_name": str(headers.get("task") or ""),
-            "queue": str(death.get("queue") or headers.get("x-first-death-queue") or ""),
-            "exchange": str(death.get("exchange") or ""),
-            "routing_key": str(routing_keys[0] if routing_keys else ""),
+            "task_name": store.text(headers.get("task") or "", 200),
+            "queue": store.text(death.get("queue") or headers.get("x-first-death-queue") or "", 200),
+            "exchange": store.text(death.get("exchange") or "", 200),
+            "routing_key": store.text(
+                routing_keys[0] if isinstance(routing_keys, list) and routing_keys else "", 200
+            ),
             "reason": reason,
-            "death_count": int(death.get("count") or 1),
-            "error": _explain(headers, properties, body, reason, job),
-            "headers": _plain(headers),
-            "properties": _plain(properties),
+            "death_count": min(count, 2**31 - 1) if isinstance(count, int) and count > 0 else 1,
+            "error": store.text(_explain(headers, properties, body, reason, job)),
+            "headers": store.plain(headers),
+            "properties": store.plain(properties),
             "body": text,
             "body_encoding": encoding,
             "last_seen": now,
         }
+        notes = []
+        if store.escaped:
+            notes.append("some of its header values held NUL or invalid text and are stored JSON-escaped")
+        if held_nul:
+            notes.append("its body holds NUL bytes and is stored as base64")
+        if notes:
+            fields["error"] += f" (Stored as received, except that {' and '.join(notes)}.)"
         existing = (
             DeadLetter.objects.select_for_update()
             .filter(identity=identity, state=DeadLetterState.OPEN)
@@ -208,6 +253,27 @@ def discard(dead_letter_id: int, by: str) -> bool:
     )
 
 
+def _record_whatever_it_holds(
+    body: bytes, headers: dict, properties: dict, delivery_info: dict
+) -> DeadLetter:
+    """record_dead_letter, falling back to the body alone if its headers cannot be kept.
+
+    A data error is never a reason to requeue: requeued, the same message would fail
+    again at once, for ever, and keep every dead letter behind it from being seen.
+    """
+    try:
+        return record_dead_letter(body, headers, properties, delivery_info)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - odd headers must not block the queue
+        logger.exception("dead letter with unreadable headers; recording its body only")
+        letter = record_dead_letter(body, {}, {}, {})
+        note = f" Its headers could not be recorded ({exc.__class__.__name__})."
+        DeadLetter.objects.filter(pk=letter.pk).update(error=letter.error + note)
+        letter.error += note
+        return letter
+
+
 def run_keeper(stop=lambda: False, prefetch: int = 20) -> None:
     """Consumes the dead-letter queue into DeadLetter rows until `stop()` is true."""
     from kombu import Consumer
@@ -219,19 +285,15 @@ def run_keeper(stop=lambda: False, prefetch: int = 20) -> None:
         if isinstance(body, str):  # py-amqp decoded it by its content_encoding; keep the bytes
             body = body.encode(message.content_encoding or "utf-8")
         try:
-            try:
-                letter = record_dead_letter(
-                    body,
-                    dict(message.headers or {}),
-                    dict(message.properties or {}),
-                    dict(message.delivery_info or {}),
-                )
-            except (DatabaseError, InterfaceError):
-                raise
-            except Exception:  # noqa: BLE001 - odd headers must not block the queue
-                logger.exception("dead letter with unreadable headers; recording its body only")
-                letter = record_dead_letter(body, {}, {}, {})
-        except (DatabaseError, InterfaceError) as exc:
+            letter = _record_whatever_it_holds(
+                body,
+                dict(message.headers or {}),
+                dict(message.properties or {}),
+                dict(message.delivery_info or {}),
+            )
+        except (OperationalError, InterfaceError) as exc:
+            # The database is away: keep the message in the queue and try again. Only
+            # this; a message the database refuses (a data error) is recorded below.
             logger.warning("dead letter not recorded (%s); requeued, retrying", exc.__class__.__name__)
             connection.close()
             message.requeue()

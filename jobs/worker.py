@@ -9,17 +9,59 @@ from celery.worker.consumer import Consumer
 from celery.worker.control import inspect_command
 from kombu.utils.encoding import safe_repr
 from kombu.utils.url import maybe_sanitize_url
+from vine import promise
+
+from jobs import task_message
 
 logger = logging.getLogger("jobs")
 
+# What Celery's strategy raises on a message of a shape jobs.task_message did not
+# foresee; anything else (a lost connection, a closed pool) stays Celery's to handle.
+_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, UnicodeError)
+
 
 class DeadLetteringConsumer(Consumer):
-    """Celery's consumer, except that an undecodable message is dead-lettered.
+    """Celery's consumer, except that no message it cannot run is lost or kills it.
 
-    Celery logs a message whose body cannot be decoded and acks it: it is gone.
-    Rejecting it instead (without requeue) sends it to the dead-letter queue, where
-    the keeper records it and an operator can see it.
+    - A message whose body cannot be decoded: Celery logs it and acks it (it is gone).
+    - A message of the wrong shape (jobs.task_message): Celery's strategy raises and
+      the worker exits, leaving the message to stop the next worker too.
+
+    Both are rejected instead (without requeue) into the dead-letter queue, where the
+    keeper records them with the reason and an operator can see them, and the worker
+    goes on consuming.
     """
+
+    def create_task_handler(self, promise=promise):
+        celery_handler = super().create_task_handler(promise)
+
+        def on_task_received(message):
+            try:
+                payload = message.decode()
+            except Exception:  # noqa: BLE001 - Celery's own paths report these (decode, content type)
+                return celery_handler(message)
+            reason = task_message.refusal(message.headers, payload)
+            if reason is None:
+                try:
+                    return celery_handler(message)
+                except _SHAPE_ERRORS as exc:
+                    if message.acknowledged:
+                        raise
+                    reason = f"Celery could not turn it into a task call ({exc.__class__.__name__}: {exc})."
+            self._refuse(message, reason)
+
+        return on_task_received
+
+    def _refuse(self, message, reason: str) -> None:
+        headers = message.headers if isinstance(message.headers, Mapping) else {}
+        logger.error(
+            "message refused and dead-lettered: %s id=%r task=%r queue=%s",
+            reason,
+            headers.get("id"),
+            headers.get("task"),
+            (message.delivery_info or {}).get("routing_key"),
+        )
+        message.reject_log_error(logger, self.connection_errors, requeue=False)
 
     def on_decode_error(self, message, exc):
         logger.critical(
