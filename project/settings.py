@@ -5,6 +5,7 @@ Every address and credential has a default that works on a development machine
 and then only is a missing DJANGO_SECRET_KEY tolerated.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -157,6 +158,32 @@ if not DEBUG:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- Login throttling (django-axes) ------------------------------------------------
+# AXES_FAILURE_LIMIT wrong passwords for one username from one address lock that
+# username out from that address for AXES_COOLOFF_MINUTES; a successful login starts
+# the count again. Username and address together: a guesser is stopped, yet no one can
+# lock a colleague out from elsewhere (behind a proxy that hides client addresses,
+# the lock is per username). Operators unlock with `manage.py axes_reset_username NAME`;
+# attempts are kept in PostgreSQL and listed in the admin. Axes needs the request in
+# authenticate(): tests log in with force_login() or through the login form.
+INSTALLED_APPS += ["axes"]
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out login is refused before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Last: turns the backend's refusal into the lockout answer (HTTP 429).
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_COOLOFF_MESSAGE = (
+    "Too many failed login attempts: this account is locked from your address for "
+    f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes. Try again later, or ask an "
+    "administrator to unlock it."
+)
 
 # --- Celery (read by project/celery.py under the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")

@@ -25,3 +25,12 @@ def make_invoice(
         for n in range(lines)
     ]
     return services.create_invoice(customer, rows, status=status, **kwargs)
+
+
+def make_invoice_reader(username: str = "clerk"):
+    """A staff user who may read customers' invoice lists (view_invoice, view_customer)."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_invoice", "view_customer"]))
+    return user

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-from django.contrib.auth.models import User
 from django.urls import reverse
 
 from invoices.models import InvoiceLine
-from invoices.tests.factories import make_invoice
+from invoices.tests.factories import make_invoice, make_invoice_reader
 from jobs.models import Job, JobState
 from jobs.testing import wait_for
 
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def staff_client(client):
-    client.force_login(User.objects.create_user("clerk", password="pw", is_staff=True))
+    client.force_login(make_invoice_reader())
     return client
 
 
