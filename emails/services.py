@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import logging
+import re
 import smtplib
+import uuid
 from collections.abc import Iterable, Sequence
 
 from django.conf import settings
@@ -22,16 +25,32 @@ from invoices import selectors as invoice_selectors
 from invoices.models import Invoice, InvoiceStatus
 from jobs.base import PermanentJobError, TransientJobError
 
+logger = logging.getLogger(__name__)
+
 
 class EmailInputError(ValueError):
     """An email that cannot be queued; the message says what to fix."""
 
 
-def _check_header(value: str, what: str) -> None:
-    if "\r" in value or "\n" in value:
-        raise EmailInputError(
-            f"The {what} contains a line break, which email headers cannot carry; remove it."
-        )
+# Not only CR and LF end a line: Python's str.splitlines(), which the email package
+# uses on header values, breaks at each of these too.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# C0 and C1 control characters (tab aside, for a subject): no address holds one, and
+# what a mail server makes of one in a header is anyone's guess.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _check_header(value: str, what: str, allow_tab: bool = True) -> None:
+    """Refuses what could end or corrupt the header `value` goes into (header injection)."""
+    if _LINE_BREAK.search(value):
+        problem = "a line break"
+    elif "\x00" in value:
+        problem = "a NUL character"
+    elif control := _CONTROL.search(value) or (None if allow_tab else re.search("\t", value)):
+        problem = f"a control character ({control.group()!r})"
+    else:
+        return
+    raise EmailInputError(f"The {what} contains {problem}, which email headers cannot carry; remove it.")
 
 
 def _clean_addresses(addresses: Iterable[str], what: str, required: bool = False) -> list[str]:
@@ -39,7 +58,7 @@ def _clean_addresses(addresses: Iterable[str], what: str, required: bool = False
     for address in addresses:
         if not isinstance(address, str):
             raise EmailInputError(f"Every {what} address must be text; got {address!r}.")
-        _check_header(address, f"{what} address {address!r}")
+        _check_header(address, f"{what} address {address!r}", allow_tab=False)
         try:
             validate_email(address)
         except ValidationError:
@@ -68,9 +87,10 @@ def queue_email(
 ) -> OutgoingEmail:
     """Records an email and enqueues its send job, in the caller's transaction.
 
-    Refuses, before anything is written, a line break in the subject or an address
-    (header injection), invalid addresses and unknown templates. With `key`, queuing
-    the same key again returns the email already queued.
+    Refuses, before anything is written, a line break, a NUL or another control
+    character in the subject or an address (header injection), invalid addresses
+    and unknown templates. With `key`, queuing the same key again returns the email
+    already queued.
     """
     to = _clean_addresses(to, "to", required=True)
     cc = _clean_addresses(cc, "cc")
@@ -184,6 +204,13 @@ def send_outgoing_email(email_id: int) -> str:
         raise PermanentJobError(f"Outgoing email {email_id} does not exist; nothing was sent.")
     if email.status == EmailStatus.SENT:
         return f"already sent at {email.sent_at:%Y-%m-%d %H:%M:%S}"
+    try:
+        # Again at send time: a record written by another path than queue_email.
+        for addresses, what in ((email.to, "to"), (email.cc, "cc"), (email.reply_to, "reply-to")):
+            _clean_addresses(addresses, what, required=what == "to")
+        _check_header(email.subject, "subject")
+    except EmailInputError as exc:
+        raise PermanentJobError(f"Not sent: {exc}") from None
     connection = get_connection(fail_silently=False)
     message = build_message(email, connection)
     OutgoingEmail.objects.filter(pk=email.pk).update(status=EmailStatus.SENDING, attempts=F("attempts") + 1)
@@ -273,9 +300,52 @@ def email_issued_invoice(invoice_id: int) -> str:
     return f"email {email.pk} queued"
 
 
+def _record_refused(refusal: str, *, key: str, subject: str, template: str, context: dict) -> OutgoingEmail:
+    """Records an email that queue_email refused, as `failed` with the refusal as its
+    error and no recipient or job, where operators look for emails; the email already
+    recorded under `key`, if any, is left as it is."""
+    record_uuid = uuid.uuid4()
+    email, _ = OutgoingEmail.objects.get_or_create(
+        key=key,
+        defaults={
+            "uuid": record_uuid,
+            "message_id": f"<{record_uuid}@{_message_id_domain()}>",
+            "to": [],
+            "subject": subject,
+            "template": template,
+            "context": context,
+            "status": EmailStatus.FAILED,
+            "last_error": refusal,
+        },
+    )
+    return email
+
+
+def _queue_for_customer(invoice: Invoice, what: str, **fields) -> OutgoingEmail:
+    """queue_email to the invoice's customer; a refused address (written by a path that
+    skipped validation) is recorded as a failed email, then EmailInputError says so."""
+    try:
+        return queue_email(to=[invoice.customer.email], **fields)
+    except EmailInputError as exc:
+        refusal = (
+            f"The {what} email for invoice {invoice.number} was not queued: {exc} Correct the "
+            "customer's email address; the email is listed as failed under Outgoing emails."
+        )
+        fields.pop("priority", None)
+        _record_refused(refusal, **fields)
+        raise EmailInputError(refusal) from None
+
+
 def queue_payment_received(invoice: Invoice) -> OutgoingEmail:
-    return queue_email(
-        to=[invoice.customer.email],
+    """The "payment received" email, once per invoice.
+
+    A customer address that cannot be emailed raises EmailInputError, after the email
+    is recorded `failed` with the reason: the payment it reports stands (see
+    invoices.services.mark_paid), and the refusal stays visible.
+    """
+    return _queue_for_customer(
+        invoice,
+        "payment-received",
         subject=f"Payment received for invoice {invoice.number}",
         template=EmailTemplate.PAYMENT_RECEIVED,
         context=invoice_context(invoice),
@@ -287,7 +357,9 @@ def queue_overdue_reminders(today: datetime.date | None = None) -> int:
     """Queues a reminder for every issued invoice past its due date; returns how many are new.
 
     The key carries the day, so running it twice on one day (beat and a manual run,
-    or a redelivery) never sends two reminders for one invoice on the same day.
+    or a redelivery) never sends two reminders for one invoice on the same day. A
+    customer whose address cannot be emailed gets a `failed` reminder saying why, and
+    the others still get theirs.
     """
     today = today or timezone.localdate()
     overdue = Invoice.objects.filter(status=InvoiceStatus.ISSUED, due_date__lt=today).select_related(
@@ -299,13 +371,18 @@ def queue_overdue_reminders(today: datetime.date | None = None) -> int:
         with transaction.atomic():
             if OutgoingEmail.objects.filter(key=key).exists():
                 continue
-            queue_email(
-                to=[invoice.customer.email],
-                subject=f"Reminder: invoice {invoice.number} is overdue",
-                template=EmailTemplate.PAYMENT_REMINDER,
-                context=invoice_context(invoice),
-                key=key,
-                priority="bulk",
-            )
+            try:
+                _queue_for_customer(
+                    invoice,
+                    "payment reminder",
+                    subject=f"Reminder: invoice {invoice.number} is overdue",
+                    template=EmailTemplate.PAYMENT_REMINDER,
+                    context=invoice_context(invoice),
+                    key=key,
+                    priority="bulk",
+                )
+            except EmailInputError as exc:
+                logger.warning("invoice=%s payment reminder refused: %s", invoice.id, exc)
+                continue
             new += 1
     return new

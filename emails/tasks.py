@@ -21,7 +21,7 @@ def send_email(email_id: int) -> str:
     return services.send_outgoing_email(email_id)
 
 
-@app.task(name="emails.send_overdue_reminders")
+@app.task(name="emails.send_overdue_reminders", launchable=True)
 def send_overdue_reminders() -> int:
     """Daily (django-celery-beat): one reminder per overdue invoice per day."""
     return services.queue_overdue_reminders()

@@ -9,6 +9,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from invoices import selectors, services
+from invoices.forms import InvoiceLineForm
 from invoices.models import Customer, Invoice, InvoiceEvent, InvoiceLine
 from invoices.totals import compute_totals
 from jobs.admin_actions import StrictActionsMixin
@@ -28,6 +29,7 @@ class CustomerAdmin(StrictActionsMixin, admin.ModelAdmin):
 
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
+    form = InvoiceLineForm
     extra = 1
     fields = ["position", "description", "quantity", "unit_price", "tax_rate"]
 
@@ -152,8 +154,14 @@ class InvoiceAdmin(StrictActionsMixin, admin.ModelAdmin):
     @admin.action(description="Mark as paid", permissions=["change"])
     def mark_paid(self, request, queryset):
         with transaction.atomic():
-            paid = sum(services.mark_paid(invoice) for invoice in queryset)
+            outcomes = [(invoice, services.mark_paid(invoice)) for invoice in queryset]
+        paid = sum(bool(outcome) for _, outcome in outcomes)
         self.message_user(request, f"{paid} invoice(s) marked paid.", messages.SUCCESS)
+        for invoice, outcome in outcomes:
+            for refusal in outcome.refusals:
+                self.message_user(
+                    request, f"Invoice {invoice.number} is marked paid. {refusal}", messages.WARNING
+                )
         if paid < len(queryset):
             self.message_user(
                 request,

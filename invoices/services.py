@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from django.core.files.storage import default_storage
@@ -230,10 +231,32 @@ def refresh_cached_lists(invoices: Iterable[Invoice]) -> int:
     return len(customer_ids)
 
 
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """What mark_paid did; true when the invoice was marked paid."""
+
+    paid: bool
+    refusals: tuple[str, ...] = ()  # what receivers of invoice_paid refused to do, as sentences
+
+    def __bool__(self) -> bool:
+        return self.paid
+
+
 @transaction.atomic
-def mark_paid(invoice: Invoice) -> bool:
-    """Marks an issued invoice paid; False if it was not issued. Sends invoice_paid."""
+def mark_paid(invoice: Invoice) -> PaymentOutcome:
+    """Marks an issued invoice paid and sends invoice_paid; false if it was not issued.
+
+    Every receiver runs. One that refuses its input by raising ValueError (an email
+    address that cannot be emailed, say) does not undo the payment: its message is in
+    the outcome's `refusals`. Such a receiver refuses before writing anything it cannot
+    finish; any other error rolls the payment back with everything else.
+    """
     if not _move_status(invoice, InvoiceStatus.ISSUED, InvoiceStatus.PAID):
-        return False
-    invoice_paid.send(Invoice, invoice=invoice)
-    return True
+        return PaymentOutcome(paid=False)
+    refusals = []
+    for _receiver, response in invoice_paid.send_robust(Invoice, invoice=invoice):
+        if isinstance(response, ValueError):
+            refusals.append(str(response))
+        elif isinstance(response, Exception):
+            raise response
+    return PaymentOutcome(paid=True, refusals=tuple(refusals))

@@ -14,6 +14,7 @@ from project.celery import app
     max_retries=5,
     retry_backoff=2.0,
     retry_backoff_max=120.0,
+    launchable=True,
 )
 def generate_pdf(invoice_id: int, email_to_customer: bool = False) -> str:
     return services.generate_pdf(invoice_id, email_to_customer=email_to_customer)

@@ -5,7 +5,6 @@ import uuid
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -66,11 +65,14 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
             raise PermissionDenied
         task_names = launcher.launchable_tasks()
         task_name = request.POST.get("task") or request.GET.get("task")
-        form = None
+        form, status = None, 200
         if task_name:
-            if task_name not in task_names:
-                raise Http404(f"No job is registered as {task_name!r}.")
-            form = launcher.LaunchForm(task_name, request.POST or None)
+            try:
+                form = launcher.LaunchForm(task_name, request.POST or None)
+            except services.EnqueueError as exc:  # not a job that opted in to the launcher
+                self.message_user(request, str(exc), messages.ERROR)
+                task_name, status = None, 400
+        if form is not None:
             if request.method == "POST" and form.is_valid():
                 try:
                     job, created = launcher.launch(form, request.user)
@@ -89,7 +91,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
             "form": form,
             "recent": JobLaunch.objects.select_related("job")[:10],
         }
-        return TemplateResponse(request, "admin/jobs/job/launch.html", context)
+        return TemplateResponse(request, "admin/jobs/job/launch.html", context, status=status)
 
     def dashboard_view(self, request):
         if not self.has_view_permission(request):

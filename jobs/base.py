@@ -84,6 +84,7 @@ class JobTask(Task):
     priority_class: PriorityClass = PriorityClass.NORMAL
     transient_errors: tuple[type[BaseException], ...] = ()
     global_rate_limit: str | None = None  # "10/s", "300/m": across all workers (jobs.ratelimit)
+    launchable: bool = False  # offered by the admin's job launcher (jobs.launcher.launchable_tasks)
     max_retries = 5
     retry_backoff: float = 1.0
     retry_backoff_max: float = 600.0

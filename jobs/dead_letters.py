@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from jobs import ledger, services, task_message, topology
 from jobs.models import DeadLetter, DeadLetterState, Job, JobState
+from jobs.storable import unstorable_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class _Storable:
 
     def text(self, value, limit: int | None = None) -> str:
         text = value if isinstance(value, str) else str(value)
-        if "\x00" in text or not task_message.is_utf8_text(text):
+        if unstorable_text(text):
             self.escaped = True
             text = json.dumps(text)[1:-1]
         return text[:limit] if limit is not None else text

@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -19,6 +20,7 @@ from django.utils import timezone
 from jobs import ledger
 from jobs.models import ACTIVE_STATES, Job, JobState
 from jobs.publisher import publish_jobs
+from jobs.storable import find_unstorable, unstorable_text
 from jobs.topology import WORKLOAD_QUEUES, PriorityClass
 
 
@@ -52,12 +54,44 @@ def resolve_task(task: Task | str) -> Task:
 # json.dumps makes a new encoder for each call with any option set.
 _strict_json = json.JSONEncoder(allow_nan=False).encode
 
+# PostgreSQL's text and jsonb hold neither NUL nor half of a UTF-16 surrogate pair: the
+# INSERT would fail with a DataError and abort the caller's transaction. In ASCII JSON
+# such characters show only as the escapes \u0000 and \ud800-\udfff, so one search of
+# the JSON clears almost every payload; a hit (also a valid pair, an emoji, or a literal
+# backslash before "u0000") is looked at closely by jobs.storable.find_unstorable.
+_MAYBE_UNSTORABLE = re.compile(r"\\u(?:0000|d[89a-f])")
+
+
+def _refuse_unstorable(task: Task, what: str, reason: str) -> None:
+    raise EnqueueError(
+        f"{what} of job {task.name!r} holds {reason}, which the job ledger (PostgreSQL) "
+        "cannot store; remove it or pass an id instead."
+    )
+
+
+_KEY_MAX_LENGTH = min(Job._meta.get_field("key").max_length, Job._meta.get_field("unique_key").max_length)
+
+
+def _check_key(task: Task, value, what: str) -> None:
+    if not isinstance(value, str):
+        return  # None: no key
+    reason = unstorable_text(value)
+    if reason:
+        _refuse_unstorable(task, f"The {what} {value!r}", reason)
+    if len(value) > _KEY_MAX_LENGTH:  # the column's limit: a longer one fails the INSERT
+        raise EnqueueError(
+            f"The {what} of job {task.name!r} is {len(value):,} characters long; the limit is "
+            f"{_KEY_MAX_LENGTH}. Use a shorter key (a hash of the long one, say)."
+        )
+
 
 def _check_payload(
     task: Task, args: tuple, kwargs: dict, signature: inspect.Signature | None = None, bind: bool = True
 ) -> tuple[str, str]:
-    """Raises EnqueueError unless the arguments fit the task and are JSON within the
-    size limit; returns the JSON of `args` and of `kwargs` (ASCII: JSON's escapes)."""
+    """Raises EnqueueError unless the arguments fit the task, are JSON within the size
+    limit and hold only text PostgreSQL can store (no NUL, no lone surrogate, in any
+    string or dict key at any depth); returns the JSON of `args` and of `kwargs`
+    (ASCII: JSON's escapes)."""
     if bind:
         try:
             (signature or inspect.signature(task.run)).bind(*args, **kwargs)
@@ -69,6 +103,22 @@ def _check_payload(
         raise EnqueueError(
             f"Arguments of {task.name!r} must be JSON (ids, strings, numbers, lists, dicts): {exc}."
         ) from None
+    except RecursionError:
+        raise EnqueueError(
+            f"Arguments of {task.name!r} nest lists or dicts too deep to encode; pass ids instead."
+        ) from None
+    if "\\u" in args_json and _MAYBE_UNSTORABLE.search(args_json):
+        found = find_unstorable(list(args), "args")
+        if found:
+            _refuse_unstorable(task, *found)
+    if "\\u" in kwargs_json and _MAYBE_UNSTORABLE.search(kwargs_json):
+        for name, value in kwargs.items():
+            reason = unstorable_text(name)
+            if reason:
+                _refuse_unstorable(task, f"The keyword {name!r}", reason)
+            found = find_unstorable(value, name)
+            if found:
+                _refuse_unstorable(task, *found)
     size = len(args_json) + len(kwargs_json) + 4  # as the list [args, kwargs]
     limit = settings.JOBS_MAX_PAYLOAD_BYTES
     if size > limit:
@@ -104,10 +154,14 @@ def enqueue(
       transaction-scoped advisory lock, so two of them never both insert.
     - `run_after` defers the job: the relay publishes it once that time has come.
     - Bad input (unknown task, arguments that do not fit or are not JSON, too
-      large) raises EnqueueError before anything is written.
+      large, text PostgreSQL cannot store: NUL or a lone surrogate in any string,
+      dict key, `key` or `unique_key`) raises EnqueueError before anything is
+      written, so the caller's transaction stays usable.
     """
     task = resolve_task(task)
     _check_payload(task, args, kwargs)
+    _check_key(task, key, "idempotency key")
+    _check_key(task, unique_key, "unique_key")
     try:
         priority_class = PriorityClass.parse(priority) if priority is not None else task.priority_class
     except ValueError as exc:
@@ -187,10 +241,11 @@ def enqueue_many(
     """Records many jobs of one task with one COPY; publishes them after commit.
 
     Each call is a tuple or list of positional arguments, or a dict of keyword
-    arguments. Every payload is checked before anything is written (one bad call
-    raises EnqueueError and writes nothing). After commit the jobs are published in
-    chunks of `publish_batch_size`, with the confirms of one chunk coming in while
-    the next is sent; a chunk that fails stays pending for the relay, like any job.
+    arguments. Every payload is checked before anything is written, as enqueue
+    checks it (one bad call raises EnqueueError and writes nothing). After commit
+    the jobs are published in chunks of `publish_batch_size`, with the confirms of
+    one chunk coming in while the next is sent; a chunk that fails stays pending for
+    the relay, like any job.
     """
     task = resolve_task(task)
     try:

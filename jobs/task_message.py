@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 from celery.utils.time import maybe_iso8601
 
+from jobs.storable import unstorable_text
+
 # Deeper than this is no payload of ids and names; it is refused, not walked.
 MAX_NESTING = 64
 
@@ -118,10 +120,9 @@ def _value_refusal(value, where: str) -> str | None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
-                return f"Its {where} hold a NUL character, which the job ledger cannot store."
-            if not item.isascii() and not is_utf8_text(item):
-                return f"Its {where} hold a lone UTF-16 surrogate, which is not text."
+            reason = unstorable_text(item)
+            if reason:
+                return f"Its {where} hold {reason}, which the job ledger cannot store."
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return f"Its {where} hold {item!r}, which is not a JSON number."
@@ -131,15 +132,6 @@ def _value_refusal(value, where: str) -> str | None:
             children = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
             stack.extend((child, depth + 1) for child in children)
     return None
-
-
-def is_utf8_text(text: str) -> bool:
-    """False for a string holding lone UTF-16 surrogates (JSON's "\\ud800" decodes to one)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_int(value) -> bool:

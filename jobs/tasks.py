@@ -21,6 +21,7 @@ def relay_pending_jobs() -> int:
     max_retries=10,
     retry_backoff=0.5,
     retry_backoff_max=30.0,
+    launchable=True,
 )
 def invalidate_cache(keys: list[str] | None = None, namespace: str | None = None) -> None:
     """Deletes cache keys and/or invalidates a cache namespace (jobs.cache)."""
