@@ -4,8 +4,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DJANGO_SETTINGS_MODULE=project.settings
 WORKDIR /app
 
-# DejaVu Sans: the invoice PDF font with the widest Latin coverage (see invoices/pdf.py).
-RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core \
+# The invoice PDF renderer (WeasyPrint, see invoices/pdf.py) lays text out with Pango and
+# HarfBuzz and takes each character from the first of these fonts that has it: Noto for
+# Latin, Greek, Cyrillic, Arabic, Hebrew and more (core), CJK, and colour emoji.
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 \
+        fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/*
 
 COPY requirements.txt .

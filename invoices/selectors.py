@@ -14,7 +14,7 @@ from invoices.pdf import DocumentLine, InvoiceDocument, Party
 from invoices.totals import Totals, compute_totals
 
 # Bump when the PDF layout changes, so every invoice gets a fresh PDF.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2  # 2: WeasyPrint with Noto fonts (every script shaped)
 
 
 def invoice_totals(invoice: Invoice) -> Totals:

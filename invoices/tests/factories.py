@@ -34,3 +34,23 @@ def make_invoice_reader(username: str = "clerk"):
     user = User.objects.create_user(username, password="pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=["view_invoice", "view_customer"]))
     return user
+
+
+def make_document(customer, rows=None):
+    """An InvoiceDocument for the renderer alone (no database): `customer` is a Party,
+    `rows` DocumentLines (one 2 x 12.50 line if None)."""
+    from invoices.pdf import DocumentLine, InvoiceDocument, Party
+    from invoices.totals import compute_totals
+
+    if rows is None:
+        rows = [DocumentLine("Consulting", Decimal("2"), Decimal("12.50"), Decimal("0.20"), Decimal("25.00"))]
+    return InvoiceDocument(
+        number="INV-2026-000123",
+        issue_date="2026-11-23",
+        due_date="2026-12-07",
+        currency="EUR",
+        seller=Party("Example Trading GmbH", "Hauptstraße 1\n10115 Berlin"),
+        customer=customer,
+        lines=tuple(rows),
+        totals=compute_totals(rows),
+    )

@@ -3,10 +3,11 @@
 import io
 from decimal import Decimal
 
+import pytest
 from pypdf import PdfReader
 
 from invoices.pdf import DocumentLine, InvoiceDocument, Party, render_pdf
-from invoices.totals import compute_totals
+from invoices.tests.factories import make_document
 
 
 def document(lines: int, customer: str = "Łukasz Müller-Straße, café") -> InvoiceDocument:
@@ -20,16 +21,7 @@ def document(lines: int, customer: str = "Łukasz Müller-Straße, café") -> In
         )
         for n in range(1, lines + 1)
     ]
-    return InvoiceDocument(
-        number="INV-2026-000123",
-        issue_date="2026-11-23",
-        due_date="2026-12-07",
-        currency="EUR",
-        seller=Party("Example Trading GmbH", "Hauptstraße 1\n10115 Berlin"),
-        customer=Party(customer, "ul. Piękna 12\nWarszawa", "lukasz@example.com"),
-        lines=tuple(rows),
-        totals=compute_totals(rows),
-    )
+    return make_document(Party(customer, "ul. Piękna 12\nWarszawa", "lukasz@example.com"), rows)
 
 
 def text_of(pdf: bytes) -> list[str]:
@@ -63,3 +55,13 @@ def test_long_invoice_spans_pages_and_repeats_the_table_header():
 def test_user_text_is_not_read_as_markup():
     text = text_of(render_pdf(document(1, customer="<b>Bold & Co</b>")))[0]
     assert "<b>Bold & Co</b>" in text
+
+
+def test_the_renderer_refuses_to_fetch_any_url(tmp_path):
+    from invoices.pdf import _engine
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for invoices")
+
+    with pytest.raises(ValueError, match="disallowed protocol"):
+        _engine().url_fetcher.fetch(secret.as_uri())
