@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
 
 from jobs.testing import wait_for
-from jobs.testing.processes import background, manage_py
+from jobs.testing.processes import RelayProcess, background, manage_py
 from jobs.testing.report import ReliabilityReport
 from jobs.testing.smtp import SMTPTestServer
 from jobs.testing.worker import WorkerProcess
@@ -28,8 +29,13 @@ RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 VHOST = f"jobs_test_{RUN_ID}"
 
 
+# The broker under test: the machine's RabbitMQ by default; bin/test's second pass
+# points JOBS_TEST_BROKER_URL and this at the RabbitMQ 4 node of bin/rabbitmq4.
+RABBITMQCTL = shlex.split(os.environ.get("JOBS_TEST_RABBITMQCTL", "rabbitmqctl"))
+
+
 def _rabbitmqctl(*args: str) -> str:
-    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
     return result.stdout
@@ -73,11 +79,27 @@ def broker_url():
     _drop_stale_vhosts()
     _rabbitmqctl("add_vhost", VHOST)
     _rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    base = re.match(r"^[a-z]+://[^/]+", settings.CELERY_BROKER_URL).group(0)  # scheme, auth, host
+    # JOBS_TEST_BROKER_URL, not CELERY_BROKER_URL: Celery reads that variable itself,
+    # over whatever this fixture sets.
+    under_test = os.environ.get("JOBS_TEST_BROKER_URL") or settings.CELERY_BROKER_URL
+    base = re.match(r"^[a-z]+://[^/]+", under_test).group(0)  # scheme, auth, host
     try:
         yield f"{base}/{quote(VHOST, safe='')}"
     finally:
         _rabbitmqctl("delete_vhost", VHOST)
+
+
+@pytest.fixture(scope="session")
+def rabbitmqctl(broker_url):
+    """rabbitmqctl of the broker under test, run in the run's vhost's broker; returns stdout.
+
+    `rabbitmqctl.amqp_port` is the port that broker listens on."""
+
+    def run(*args: str) -> str:
+        return _rabbitmqctl(*args)
+
+    run.amqp_port = urlsplit(broker_url).port or 5672
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -168,16 +190,42 @@ def session_worker(worker_env, tmp_path_factory):
         worker.kill()
 
 
+@pytest.fixture(scope="session")
+def session_relay(worker_env, tmp_path_factory):
+    """The shared relay: it publishes due retries and deferred jobs. Its rescue pass is
+    off (JOBS_RESCUE_INTERVAL_SECONDS=0): the rescue's tests run it themselves."""
+    env = {**worker_env, "JOBS_RESCUE_INTERVAL_SECONDS": "0"}
+    relay = RelayProcess(env, tmp_path_factory.mktemp("relay") / "relay.log")
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def _with_relay(request, relay) -> None:
+    if "no_relay" not in request.fixturenames:
+        relay.start()
+
+
 @pytest.fixture
-def worker(session_worker):
-    """The shared worker (2 prefork processes, every workload queue), running.
+def worker(request, session_worker, session_relay):
+    """The shared worker (2 prefork processes, every workload queue), running, with the
+    shared relay that publishes its retries when they are due.
 
     After the test it waits (a little) for the worker to settle, so that no job of
     this test is still in flight when the next test starts on a flushed database.
     """
+    _with_relay(request, session_relay)
     session_worker.start()
     yield session_worker
     _settle()
+
+
+@pytest.fixture
+def no_relay(session_relay):
+    """Stops the shared relay for a test that drives jobs.relay by hand."""
+    session_relay.stop()
+    return session_relay
 
 
 def _settle(timeout: float = 15.0) -> None:
@@ -199,12 +247,14 @@ def _settle(timeout: float = 15.0) -> None:
 
 
 @pytest.fixture
-def own_worker(session_worker, worker_env, tmp_path):
+def own_worker(request, session_worker, session_relay, worker_env, tmp_path):
     """Stops the shared worker for this test and hands out a worker the test controls.
 
     The test starts it (and may kill it); it is killed afterwards whatever happened.
+    The shared relay runs, unless the test asks for `no_relay`.
     """
     session_worker.stop()
+    _with_relay(request, session_relay)
     worker = WorkerProcess(worker_env, tmp_path, name=f"own-{uuid.uuid4().hex[:6]}")
     try:
         yield worker

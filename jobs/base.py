@@ -6,20 +6,25 @@ job needs happens here, around it. The Celery app uses this class for every task
 
 What happens to one delivery of a job's message:
 
+No copy of a message waits inside a worker: whatever must wait (a retry's
+backoff, a rate limit's delay, a busy lease) is written to the ledger and the copy
+is acknowledged; the relay (jobs.relay) publishes the job when it is due.
+
+0. Over a rate limit? The job waits in the ledger until the limit allows it.
 1. Take the job's lease (jobs.ledger.Lease) and, in the same round trip, start the
-   job if it is waiting. Held elsewhere? Another copy runs right
-   now: send this copy again a little later and ack it.
+   job if it is waiting. Held elsewhere? Another copy runs right now: ack this
+   one, and the relay looks again soon whether that run is still alive.
 2. Read the ledger row (a message the ledger never saw, from beat or `.delay()`,
    gets a row now). Finished already (a redelivery or a duplicate publish)? Ack,
-   run nothing. Retrying, and its backoff not over (a duplicate copy)? Send this
-   copy again for the backoff's end, and ack it.
+   run nothing. Retrying, and its backoff not over (a duplicate copy)? Ack it: the
+   relay publishes the retry when it is due.
 3. Still `started` although the lease was free? The run before this one died with
    its worker. Count it; at JOBS_MAX_LOST_RUNS, the job is `dead` and the message
    is rejected into the dead-letter queue instead of killing another worker.
 4. Mark `started`, attempts + 1, run the task body.
 5. Success: `succeeded`. A declared transient error: `retrying` until the backoff's
-   end (`run_after`), then the message is sent again with exponential backoff and
-   jitter (the ledger is written before the new copy can start). Anything else, or
+   end (`run_after`, exponential backoff with jitter), when the relay publishes it
+   again. `self.retry()` in a body does the same. Anything else, or
    retries exhausted, or the soft time limit: `dead`, and the raised error makes
    Celery reject the message into the dead-letter queue.
 """
@@ -34,7 +39,14 @@ import time
 import traceback
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
+from celery.exceptions import (
+    Ignore,
+    MaxRetriesExceededError,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskPredicate,
+)
 from celery.utils.time import maybe_make_aware
 from django.conf import settings
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection
@@ -101,12 +113,11 @@ class JobTask(Task):
             # The hot path: one round trip takes the lease and starts a waiting job.
             job = lease.take_and_start(request.hostname or "")
             if not lease.held:
-                self._log(job_id, "lease busy; another copy is running, looking again later")
-                self._send_again(
-                    settings.JOBS_LEASE_BUSY_RETRY_SECONDS,
-                    retries=request.retries,
-                    keep_message_on_failure=True,
-                )
+                # Another copy runs right now. Should that run die without a message
+                # left to run it again, the relay's look at its lease sends a new one.
+                ledger.recheck_lease_later(job_id, settings.JOBS_LEASE_BUSY_RETRY_SECONDS)
+                self._log(job_id, "lease busy; another copy is running, acknowledged")
+                raise Ignore()
             if job is None:
                 job = self._begin(job_id, args, kwargs)
                 if job is None:
@@ -143,8 +154,8 @@ class JobTask(Task):
         wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
         if job.state == JobState.RETRYING and wait > 0:
             # Another copy of its message, come before the retry's backoff ended.
-            self._log(job_id, f"a copy came during the retry's backoff; sent again for {wait:.2f}s later")
-            self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
+            self._log(job_id, f"a copy came {wait:.2f}s before the retry is due; the relay sends it then")
+            return None
         if job.state == JobState.STARTED:
             lost = job.lost_runs + 1
             if lost >= settings.JOBS_MAX_LOST_RUNS:
@@ -195,13 +206,9 @@ class JobTask(Task):
                 continue
             wait = ratelimit.seconds_until_allowed(name, rate)
             if wait:
-                self._log(job_id, f"over the {rate} limit of {name}; delayed {wait:.2f}s")
-                # When the delayed copy is due: until then a worker holds it unacked, out
-                # of the queue, and the rescue (jobs/rescue.py) must not take it for lost.
-                Job.objects.filter(
-                    pk=job_id, state__in=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING]
-                ).update(delayed_until=timezone.now() + datetime.timedelta(seconds=wait))
-                self._send_again(wait, retries=self.request.retries, keep_message_on_failure=True)
+                self._log(job_id, f"over the {rate} limit of {name}; waits {wait:.2f}s in the ledger")
+                ledger.defer(job_id, timezone.now() + datetime.timedelta(seconds=wait))
+                raise Ignore()
 
     def _ledger_row(self, job_id: str, args, kwargs) -> Job:
         delivery = self.request.delivery_info or {}
@@ -224,12 +231,22 @@ class JobTask(Task):
         try:
             result = self.run(*args, **kwargs)
         except Retry as exc:
-            # The task body called self.retry() itself: its new message is already sent,
-            # due `when` from a moment ago; a second's margin keeps the ledger from
-            # turning that copy back as early when it comes.
-            seconds = _seconds_until(exc.when, self.app.timezone)
-            countdown = None if seconds is None else max(0.0, seconds - 1.0)
-            self._record_retry(job, exc.exc or exc, started, countdown=countdown)
+            # The task body called self.retry() (see `retry`): nothing was sent, and
+            # the ledger schedules the retry like any other.
+            cause = exc.exc or exc
+            if self.max_retries is not None and job.retries >= self.max_retries:
+                dead = (
+                    cause
+                    if cause is not exc
+                    else MaxRetriesExceededError(f"{self.name} retried itself too often")
+                )
+                self._record_dead(job, dead, started, reason="retries exhausted")
+                dead._jobs_recorded = True
+                raise dead from None
+            countdown = _seconds_until(exc.when, self.app.timezone)
+            if countdown is None:
+                countdown = float(self.default_retry_delay or 0)
+            self._record_retry(job, cause, started, countdown=countdown)
             raise
         except SoftTimeLimitExceeded as exc:
             self._record_dead(job, exc, started, reason="soft time limit exceeded")
@@ -248,7 +265,7 @@ class JobTask(Task):
                     job.retries, self.retry_backoff, self.retry_backoff_max, self.retry_jitter
                 )
                 self._record_retry(job, exc, started, countdown=countdown)
-                self._send_again(countdown, retries=job.retries + 1, exc=exc)
+                raise Retry(exc=exc, when=countdown) from exc
             reason = "retries exhausted" if retryable else "permanent error"
             self._record_dead(job, exc, started, reason=reason)
             exc._jobs_recorded = True  # the outer handler must not write this run's end again
@@ -312,11 +329,15 @@ class JobTask(Task):
         )
 
     def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
-        # With its backoff's end as `run_after`: another copy of the job's message (a
-        # relay duplicate, a resend) must not start the next attempt before then. None
-        # when it is unknown, rather than a time left from an earlier retry.
+        # With its backoff's end as `run_after`: the relay publishes the retry then, and
+        # no other copy of the job's message (a relay duplicate, a resend) starts the
+        # next attempt before.
         due = None if countdown is None else timezone.now() + datetime.timedelta(seconds=countdown)
         self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1, run_after=due)
+        try:
+            ledger.notify_due()
+        except (OperationalError, InterfaceError):
+            pass  # the relay's own pass finds the retry a little later
         extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
         logger.warning(
             "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s%s",
@@ -379,6 +400,16 @@ class JobTask(Task):
                 _describe(exc),
             )
 
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, **options):
+        """Celery's `self.retry()`, kept in the ledger: nothing is published now; the job
+        is `retrying` until `countdown` (or `eta`) and the relay publishes it then. The
+        ledger counts the retries, against the task's `max_retries`."""
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return super().retry(args, kwargs, exc, throw, eta, countdown, **options)
+        when = eta if eta is not None else countdown
+        raise Retry(exc=exc, when=when if when is not None else self.default_retry_delay)
+
     def on_dead(self, job: Job, error: str) -> None:
         """Hook for a task class: runs in the worker once the job is marked dead."""
 
@@ -388,46 +419,6 @@ class JobTask(Task):
         except Exception:  # noqa: BLE001 - a hook must not change how the job ends
             logger.exception("job=%s task=%s on_dead hook failed", job.id, self.name)
 
-    def _send_again(
-        self,
-        countdown: float,
-        retries: int,
-        exc: BaseException | None = None,
-        keep_message_on_failure: bool = False,
-    ):
-        """Publishes this message again after `countdown` seconds and acks this copy.
-
-        Raises Celery's Retry, which acknowledges the current delivery. If the new
-        copy cannot be published, a retrying job goes back to `pending` with
-        `run_after` set, for the relay to publish when the broker is back; a copy
-        that was only delayed (lease busy, rate limit) is requeued as it is.
-        """
-        signature = self.signature_from_request(self.request, countdown=countdown, retries=retries)
-        try:
-            timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
-            # One fresh attempt on a new connection: this pool process's producer may
-            # hold one the broker dropped since its last publish (a restart, a hang).
-            signature.apply_async(
-                retry=True, retry_policy=_ONE_RECONNECT, timeout=timeout, confirm_timeout=timeout
-            )
-        except Exception as publish_error:  # noqa: BLE001
-            if keep_message_on_failure:
-                raise Reject("the broker refused a delayed copy; requeued", requeue=True) from publish_error
-            ledger.transition(
-                self.request.id,
-                JobState.PENDING,
-                only_from=[JobState.RETRYING],
-                run_after=timezone.now() + datetime.timedelta(seconds=countdown),
-            )
-            logger.warning(
-                "job=%s task=%s could not be sent again (%s); left pending for the relay",
-                self.request.id,
-                self.name,
-                _describe(publish_error)[:300],
-            )
-            raise Ignore() from publish_error
-        raise Retry(exc=exc, when=countdown, sig=signature)
-
     def _log(self, job_id, message: str, started: float | None = None, attempt: int | None = None):
         parts = [f"job={job_id}", f"task={self.name}"]
         if attempt is not None:
@@ -435,9 +426,6 @@ class JobTask(Task):
         if started is not None:
             parts.append(f"duration_ms={(time.monotonic() - started) * 1000:.1f}")
         logger.info("%s %s", " ".join(parts), message)
-
-
-_ONE_RECONNECT = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
 
 
 def _seconds_until(when, tz) -> float | None:

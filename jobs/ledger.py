@@ -12,6 +12,7 @@ table in jobs.models does not allow is refused rather than written.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import time
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 import psycopg2.errors
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import Case, Value, When
 from django.db.models.base import ModelState
 from django.utils import timezone
 
@@ -69,6 +71,41 @@ def transition(
             where=[f"{Job._meta.db_table}.id = ANY(%s::uuid[])"], params=[[str(i) for i in job_ids]]
         )
     return rows.update(state=target, **fields)
+
+
+# The relay LISTENs here: a write that makes a job due soon NOTIFYs it, so a short
+# backoff does not wait for the relay's next pass.
+DUE_CHANNEL = "jobs_due"
+
+
+def notify_due() -> None:
+    """Wakes the relay (jobs.relay) to look at what is due; delivered at commit."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [DUE_CHANNEL])
+
+
+def defer(job_id: uuid.UUID | str, due: datetime.datetime) -> int:
+    """Puts a job that has not started back in the ledger until `due`; the relay publishes
+    it then. A waiting job reads `pending` again (a retry stays `retrying`); 0 if it moved
+    on meanwhile (started by another copy, finished, cancelled)."""
+    waiting = [JobState.PENDING, JobState.QUEUED, JobState.RETRYING]
+    moved = Job.objects.filter(pk=job_id, state__in=waiting).update(
+        state=Case(
+            When(state=JobState.RETRYING, then=Value(JobState.RETRYING)), default=Value(JobState.PENDING)
+        ),
+        run_after=due,
+    )
+    if moved:
+        notify_due()
+    return moved
+
+
+def recheck_lease_later(job_id: uuid.UUID | str, seconds: float) -> int:
+    """Asks the relay to look again in `seconds` whether a run still holds this started
+    job's lease, and to publish it again if none does (jobs.relay.recheck_leases)."""
+    return Job.objects.filter(pk=job_id, state=JobState.STARTED).update(
+        delayed_until=timezone.now() + datetime.timedelta(seconds=seconds)
+    )
 
 
 def lock_key(job_id: uuid.UUID | str) -> int:
@@ -189,29 +226,32 @@ _SUCCEED_AND_RELEASE = Statement(
 )
 
 
-# "state = 'pending'", written so that the planner cannot use the relay's partial
-# index on pending rows for it: with statistics taken while few rows were pending
-# (or a cached generic plan), it would pick that index for a lookup by id and scan
+# "state is pending or retrying", written so that the planner cannot use the relay's
+# partial indexes on those rows for it: with statistics taken while few rows were
+# pending (or a cached generic plan), it would pick one for a lookup by id and scan
 # every pending row, thousands after a broker outage, instead of the primary key.
-_IS_PENDING_BY_ID = f"coalesce(state, '') = '{JobState.PENDING}'"
+_IS_WAITING_BY_ID = f"coalesce(state, '') IN ('{JobState.PENDING}', '{JobState.RETRYING}')"
 
-# Marks published jobs queued: only rows still pending at the attempt that was
-# published move (a worker may already have started one, or started, failed and put
-# it back). Committed synchronously, unlike the worker's start: with both lost to a
+# Marks published jobs queued: only rows still waiting (pending, or retrying and due)
+# at the attempt that was published move (a worker may already have started one, or
+# started, failed and put it back), and none whose time a worker pushed back since
+# (a rate limit's deferral: its copy was acknowledged, and the relay sends it later). Committed synchronously, unlike the worker's start: with both lost to a
 # crash of PostgreSQL, a running job would read `pending` again, and the relay would
 # publish a second copy while the first still runs.
 _MARK_QUEUED = Statement(
     "jobs_mark_queued",
     "timestamptz, text[], integer",
     f"WITH moved AS (UPDATE {_TABLE} SET state = '{JobState.QUEUED}', queued_at = $1 "
-    f"WHERE id = ANY($2::uuid[]) AND {_IS_PENDING_BY_ID} AND attempts = $3 RETURNING 1) "
+    f"WHERE id = ANY($2::uuid[]) AND {_IS_WAITING_BY_ID} AND attempts = $3 "
+    f"AND (run_after IS NULL OR run_after <= $1) RETURNING 1) "
     f"SELECT count(*) FROM moved",
 )
-assert JobState.PENDING in sources_of(JobState.QUEUED)  # the table allows this move
+assert {JobState.PENDING, JobState.RETRYING} <= set(sources_of(JobState.QUEUED))  # the table allows it
 
 
 def mark_queued(job_ids: Iterable[uuid.UUID | str], attempts: int) -> int:
-    """Moves the given jobs from `pending` (at `attempts`) to `queued`; returns how many moved."""
+    """Moves the given jobs from `pending` or due `retrying` (at `attempts`) to `queued`;
+    returns how many moved."""
     ids = [str(job_id) for job_id in job_ids]
     return _MARK_QUEUED.fetchone([timezone.now(), ids, attempts])[0]
 

@@ -13,7 +13,7 @@ class JobState(models.TextChoices):
     PENDING = "pending", "Pending"  # written, not yet published (the outbox)
     QUEUED = "queued", "Queued"  # published and confirmed by RabbitMQ
     STARTED = "started", "Started"  # a worker holds the job's lease and runs it
-    RETRYING = "retrying", "Retrying"  # failed transiently; the next attempt is scheduled
+    RETRYING = "retrying", "Retrying"  # failed transiently; the relay publishes it at `run_after`
     SUCCEEDED = "succeeded", "Succeeded"
     DEAD = "dead", "Dead"  # failed for good; its message went to the dead-letter queue
     CANCELLED = "cancelled", "Cancelled"
@@ -24,13 +24,17 @@ class JobState(models.TextChoices):
 # before the publisher marks it queued), hence PENDING -> STARTED. A run whose
 # worker died is started again, hence STARTED -> STARTED. An operator's retry of a
 # dead job is a new attempt of the same row: DEAD -> PENDING, through the outbox.
+# A retry waits in the ledger, not in a worker: the relay publishes it when due,
+# hence RETRYING -> QUEUED.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     JobState.PENDING: frozenset({JobState.QUEUED, JobState.STARTED, JobState.CANCELLED, JobState.DEAD}),
     JobState.QUEUED: frozenset({JobState.STARTED, JobState.CANCELLED, JobState.DEAD, JobState.PENDING}),
     JobState.STARTED: frozenset(
         {JobState.STARTED, JobState.SUCCEEDED, JobState.RETRYING, JobState.DEAD, JobState.PENDING}
     ),
-    JobState.RETRYING: frozenset({JobState.STARTED, JobState.DEAD, JobState.CANCELLED, JobState.PENDING}),
+    JobState.RETRYING: frozenset(
+        {JobState.QUEUED, JobState.STARTED, JobState.DEAD, JobState.CANCELLED, JobState.PENDING}
+    ),
     JobState.SUCCEEDED: frozenset(),
     JobState.DEAD: frozenset({JobState.PENDING}),
     JobState.CANCELLED: frozenset(),
@@ -109,7 +113,8 @@ class Job(models.Model):
     delayed_until = models.DateTimeField(
         null=True,
         blank=True,
-        help_text="When the copy a rate limit delayed is due (a worker holds it until then).",
+        help_text="When the relay looks again whether a run still holds the lease of this started job "
+        "(a second copy found it busy).",
     )
     rescued_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
@@ -123,6 +128,11 @@ class Job(models.Model):
         indexes = [
             # The relay's scan: only pending rows, oldest first.
             models.Index(fields=["created_at"], name="job_pending_created_idx", condition=Q(state="pending")),
+            # The relay's other scans: retries due, and started jobs to look at again.
+            models.Index(fields=["run_after"], name="job_retrying_due_idx", condition=Q(state="retrying")),
+            models.Index(
+                fields=["delayed_until"], name="job_recheck_idx", condition=Q(delayed_until__isnull=False)
+            ),
             models.Index(fields=["unique_key"], name="job_unique_key_idx", condition=~Q(unique_key="")),
             models.Index(fields=["event"], name="job_event_idx", condition=Q(event__isnull=False)),
             # Jobs the rescue sent again (jobs/rescue.py), counted on every metrics scrape.

@@ -7,9 +7,9 @@ of the lost messages would then wait for ever: `queued` with no message to run t
 no copy coming. Nothing in RabbitMQ says which messages it still holds, so the rescue
 goes by what it can see. A job is taken for lost when:
 
-- it has waited `JOBS_RESCUE_AFTER_SECONDS` in its state: queued that long ago (or
-  due that long ago, for a copy a rate limit delayed), started that long ago, or,
-  retrying, due that long ago;
+- it has waited `JOBS_RESCUE_AFTER_SECONDS` in its state: queued that long ago (and
+  due that long ago, and not looked at by the relay since), started that long ago,
+  or, retrying, due that long ago (the relay had it published, and it was lost);
 - its queue holds no ready message: a copy still waiting there would run it, and a
   backlog would make every old job look lost;
 - started, no run holds its lease: a long run still going keeps it;
@@ -44,9 +44,9 @@ from jobs.publisher import publish_jobs
 logger = logging.getLogger(__name__)
 
 # Since when a job has waited, in each state the rescue looks at: the latest of its
-# times that apply (PostgreSQL's GREATEST skips NULLs). `delayed_until` is when a copy
-# a rate limit delayed is due; `run_after` a retry's backoff end (or, for a queued
-# job, a deferral already past).
+# times that apply (PostgreSQL's GREATEST skips NULLs). `run_after` is a retry's
+# backoff end (or, for a queued job, a deferral already past); `delayed_until` the
+# relay's next look at a busy lease.
 _WAITING_SINCE = {
     JobState.QUEUED: Greatest("queued_at", "run_after", "delayed_until"),
     JobState.STARTED: F("started_at"),

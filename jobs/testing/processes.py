@@ -69,3 +69,36 @@ def flower(env: dict, log_path: Path, basic_auth: str) -> Iterator[str]:
     with background(args, {**env, "FLOWER_BASIC_AUTH": basic_auth}, log_path):
         wait_for(up, timeout=30, interval=0.2, message="Flower to listen")
         yield base
+
+
+class RelayProcess:
+    """`manage.py relay`, started and stopped on demand: what publishes due retries and
+    deferred jobs (jobs.relay), as a deployment runs it."""
+
+    def __init__(self, env: dict, log_path: Path):
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> RelayProcess:
+        if not self.running:
+            log = open(self.log_path, "ab")
+            self.process = subprocess.Popen(
+                manage_py("relay"), cwd=settings.BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+            log.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None

@@ -26,7 +26,7 @@ def lines(path: str) -> list[str]:
         return []
 
 
-@app.task(name="tests.record")
+@app.task(name="tests.record", launchable=True)
 def record(path: str, value: str = "ran") -> str:
     _append(path, value)
     return value
@@ -45,6 +45,12 @@ def flaky(path: str, failures: int) -> str:
 def flaky_slow_backoff(path: str, failures: int) -> str:
     """tests.flaky with a backoff of 0.5 to 1 s, long enough to see who waited it out."""
     return flaky.run(path, failures)
+
+
+@app.task(name="tests.retry_in_20s", retry_backoff=20.0, retry_backoff_max=20.0, retry_jitter=False)
+def retry_in_20s(path: str) -> str:
+    """Fails transiently once, then waits out a 20 s backoff before its second run."""
+    return flaky.run(path, 1)
 
 
 @app.task(name="tests.always_transient", retry_backoff=0.05, retry_backoff_max=0.1, max_retries=2)
@@ -135,7 +141,7 @@ def subscriber_broken(event_id: int, payload: dict) -> None:
     raise ValueError("this subscriber is broken")
 
 
-@app.task(name="tests.limited", global_rate_limit="4/s")
+@app.task(name="tests.limited", global_rate_limit="4/s", launchable=True)
 def limited(path: str, n: int) -> None:
     _append(path, f"run-{n}")
 

@@ -93,7 +93,7 @@ def test_enqueue_inside_a_transaction_publishes_after_commit_and_not_on_rollback
     assert finished(result).return_value == 8
 
 
-def test_run_after_is_honoured_through_the_ledger(worker):
+def test_run_after_is_honoured_through_the_ledger(worker, no_relay):
     when = timezone.now() + datetime.timedelta(seconds=2)
     result = dj_tasks.add.using(run_after=when).enqueue(10, 5)
 

@@ -191,9 +191,13 @@ def test_two_copies_of_one_job_never_run_at_the_same_time(worker, tmp_path):
     publish_jobs([Job.objects.get(pk=job.id)], force=True)  # a duplicate while it runs
 
     wait_for(lambda: f"job={job.id} task=tests.sleep lease busy" in worker.log(), message="the lease refusal")
+    # The copy was acknowledged, not held: the relay looks again at the lease later.
+    assert Job.objects.get(pk=job.id).delayed_until is not None
     assert finished(job.id).state == JobState.SUCCEEDED
     wait_for(
-        lambda: f"job={job.id} task=tests.sleep already succeeded" in worker.log(), message="the late copy"
+        lambda: Job.objects.get(pk=job.id).delayed_until is None,
+        timeout=20,
+        message="the relay's look, which finds the job finished",
     )
     assert tasks.lines(path) == ["start", "end"]
     assert Job.objects.get(pk=job.id).attempts == 1
@@ -234,7 +238,7 @@ def test_poison_that_kills_its_worker_is_dead_lettered_and_the_worker_goes_on(
 
 
 def test_enqueue_with_broker_unreachable_succeeds_and_the_relay_delivers_it_once(
-    worker, worker_env, tmp_path
+    worker, no_relay, worker_env, tmp_path
 ):
     path = str(tmp_path / "out")
     script = (
@@ -468,38 +472,35 @@ def test_a_second_copy_of_a_retrying_jobs_message_waits_out_its_backoff(own_work
     gap = float(runs[1][1]) - float(runs[0][1])
     assert gap >= 0.45, f"the retry started {gap:.3f}s after the failure, inside its backoff"
     assert Job.objects.get(pk=job.id).attempts == 2
-    wait_for(lambda: "a copy came during the retry's backoff" in own_worker.log(), message="the held copy")
+    wait_for(
+        lambda: "before the retry is due; the relay sends it then" in own_worker.log(),
+        message="the early copy",
+    )
 
 
-def test_a_retry_is_sent_even_if_the_broker_dropped_the_pool_processs_connection(own_worker, tmp_path):
-    """A pool process keeps its producer's broker connection between publishes, and
-    the broker may drop it meanwhile (a restart, a hang, an operator). The next retry
-    must still go out, on a new connection, not wait for a relay (none runs here)."""
+def test_a_retry_is_sent_even_if_the_broker_dropped_the_relays_connection(
+    own_worker, session_relay, rabbitmqctl, tmp_path
+):
+    """The relay keeps its broker connection between publishes, and the broker may drop
+    it meanwhile (a restart, a hang, an operator). The next retry it publishes must
+    still go out, on a new connection."""
     own_worker.concurrency = 1
     own_worker.start()
     first = enqueue(tasks.flaky, str(tmp_path / "first"), 1)
     assert finished(first.id).state == JobState.SUCCEEDED  # its retry opened that connection
-    (pool_pid,) = own_worker.pool_pids()
+    relay_pid = session_relay.process.pid
     sockets = subprocess.run(
-        ["ss", "-tnpH", "state", "established", "dport", "=", ":5672"], capture_output=True, text=True
-    ).stdout.splitlines()
-    # The pool process's own: not those it inherited from the main process.
-    ports = [
-        line.split()[2].rsplit(":", 1)[1]
-        for line in sockets
-        if f"pid={pool_pid}," in line and line.count("pid=") == 1
-    ]
-    assert ports, "the pool process holds a connection of its own"
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
-        check=True,
+        ["ss", "-tnpH", "state", "established", "dport", "=", f":{rabbitmqctl.amqp_port}"],
         capture_output=True,
         text=True,
     ).stdout.splitlines()
-    dropped = [line.split()[0] for line in listed if line.split()[-1] in ports]
+    ports = [line.split()[2].rsplit(":", 1)[1] for line in sockets if f"pid={relay_pid}," in line]
+    assert ports, "the relay holds a connection of its own"
+    listed = rabbitmqctl("list_connections", "pid", "peer_port").splitlines()
+    dropped = [line.split()[0] for line in listed if line.split() and line.split()[-1] in ports]
     assert len(dropped) == len(ports)
     for connection_pid in dropped:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", connection_pid, "test"], check=True)
+        rabbitmqctl("close_connection", connection_pid, "test")
 
     second = finished(enqueue(tasks.flaky, str(tmp_path / "second"), 1).id)
     assert second.state == JobState.SUCCEEDED and second.attempts == 2

@@ -23,7 +23,7 @@ import jobs
 from invoices import services as invoice_services
 from invoices.models import Invoice, InvoiceEvent, InvoiceEventType, InvoiceLine
 from invoices.tasks import generate_pdf
-from invoices.tests.factories import make_customer, make_invoice
+from invoices.tests.factories import make_customer, make_invoice, make_invoice_reader
 from jobs.models import Job, JobState
 from jobs.rescue import without_a_live_run
 from jobs.testing import faults, wait_for
@@ -319,7 +319,7 @@ def test_a_frozen_rabbitmq_holds_no_enqueue_past_its_timeout_and_loses_nothing(
 
 
 def test_jobs_whose_messages_a_purge_lost_are_rescued_by_the_relay_and_run_once(
-    own_worker, worker_env, tmp_path, reliability
+    own_worker, no_relay, worker_env, tmp_path, reliability
 ):
     """Scenario 13: an operator purges a queue under jobs that wait and under one whose
     worker was killed mid-run, so RabbitMQ holds no message for any of them."""
@@ -409,7 +409,7 @@ def test_terminated_database_sessions_are_retried_and_the_ledger_stays_consisten
 
 
 def test_cache_invalidation_waits_out_a_redis_outage(worker, client, reliability):
-    client.force_login(User.objects.create_user("clerk", password="pw", is_staff=True))
+    client.force_login(make_invoice_reader())
     invoice = make_invoice(lines=1)
     url = reverse("invoices:customer-invoices-json", args=[invoice.customer_id])
     wait_for(lambda: not Job.objects.exclude(state__in=FINAL).exists(), message="creation's jobs")

@@ -1,0 +1,64 @@
+"""No copy of a job's message waits inside a worker: retries, rate-limit delays and
+busy leases wait in the ledger, and the relay publishes the job when it is due.
+
+On RabbitMQ 4, kombu's per-consumer prefetch means a worker that holds countdown
+messages takes no more work; these tests hold on every broker the suite runs on.
+"""
+
+import datetime
+import time
+
+import pytest
+
+from jobs import enqueue, ledger
+from jobs.models import Job, JobState
+from jobs.testing import wait_for
+from jobs.tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_jobs_behind_four_retries_in_a_20s_backoff_all_finish_within_2s(worker, tmp_path):
+    retrying = [enqueue(tasks.retry_in_20s, str(tmp_path / f"retry-{n}")) for n in range(4)]
+    wait_for(
+        lambda: Job.objects.filter(pk__in=[j.id for j in retrying], state=JobState.RETRYING).count() == 4,
+        timeout=30,
+        message="four jobs in their 20 s backoff",
+    )
+    first_runs = {j.id: Job.objects.get(pk=j.id).finished_at for j in retrying}
+
+    began = time.monotonic()
+    quick = [enqueue(tasks.record, str(tmp_path / f"quick-{n}")) for n in range(10)]
+    wait_for(
+        lambda: Job.objects.filter(pk__in=[j.id for j in quick], state=JobState.SUCCEEDED).count() == 10,
+        timeout=20,
+        interval=0.02,
+        message="the ten quick jobs",
+    )
+    took = time.monotonic() - began
+    assert took < 2.0, f"ten quick jobs took {took:.1f}s behind four waiting retries"
+
+    ids = [j.id for j in retrying]
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state=JobState.SUCCEEDED).count() == 4,
+        timeout=60,
+        interval=0.2,
+        message="the four retries",
+    )
+    for n, job in enumerate(retrying):
+        row = Job.objects.get(pk=job.id)
+        assert row.attempts == 2
+        assert row.started_at >= first_runs[job.id] + datetime.timedelta(seconds=20), "not before it was due"
+        assert tasks.lines(str(tmp_path / f"retry-{n}")) == ["fail", "ok"], "one run an attempt"
+    for n in range(10):
+        assert tasks.lines(str(tmp_path / f"quick-{n}")) == ["ran"]
+
+
+def test_a_deferral_is_kept_by_the_ledger_not_undone_by_a_late_publish_mark():
+    """A worker may defer a job (a rate limit) before its publisher marks it queued: the
+    mark must not move it to `queued`, or it would wait there with no message."""
+    job = Job.objects.create(task_name="tests.record", queue="default", priority=5)
+    ledger.defer(job.id, datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30))
+    assert ledger.mark_queued([job.id], job.attempts) == 0
+    job.refresh_from_db()
+    assert job.state == JobState.PENDING and job.run_after is not None
