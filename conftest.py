@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from django.conf import settings
 
-from jobs.testing import wait_for
+from jobs.testing import broker, wait_for
 from jobs.testing.processes import RelayProcess, background, manage_py
 from jobs.testing.report import ReliabilityReport
 from jobs.testing.smtp import SMTPTestServer
@@ -29,16 +28,11 @@ RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 VHOST = f"jobs_test_{RUN_ID}"
 
 
-# The broker under test: the machine's RabbitMQ by default; bin/test's second pass
-# points JOBS_TEST_BROKER_URL and this at the RabbitMQ 4 node of bin/rabbitmq4.
-RABBITMQCTL = shlex.split(os.environ.get("JOBS_TEST_RABBITMQCTL", "rabbitmqctl"))
-
-
 def _rabbitmqctl(*args: str) -> str:
-    result = subprocess.run([*RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
-    return result.stdout
+    try:
+        return broker.ctl(*args)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {exc.stderr or exc.output}") from None
 
 
 def _drop_stale_vhosts() -> None:
@@ -79,10 +73,7 @@ def broker_url():
     _drop_stale_vhosts()
     _rabbitmqctl("add_vhost", VHOST)
     _rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    # JOBS_TEST_BROKER_URL, not CELERY_BROKER_URL: Celery reads that variable itself,
-    # over whatever this fixture sets.
-    under_test = os.environ.get("JOBS_TEST_BROKER_URL") or settings.CELERY_BROKER_URL
-    base = re.match(r"^[a-z]+://[^/]+", under_test).group(0)  # scheme, auth, host
+    base = re.match(r"^[a-z]+://[^/]+", broker.url(settings.CELERY_BROKER_URL)).group(0)  # scheme, auth, host
     try:
         yield f"{base}/{quote(VHOST, safe='')}"
     finally:
@@ -147,6 +138,7 @@ def platform(broker_url, media_root, smtp_server, django_db_setup, django_db_blo
     override.enable()
     with app.connection_for_write() as connection:
         topology.declare(connection)
+        _REPORT.broker = f"RabbitMQ {connection.connection.server_properties['version']}"
     try:
         yield app
     finally:
@@ -307,9 +299,24 @@ def dead_letters(platform):
     return DeadLetterReader(platform)
 
 
+# Fixtures that reach RabbitMQ beyond the declaration every run makes: a test that
+# uses one is marked `broker`, and bin/test runs those again on RabbitMQ 4.
+_BROKER_FIXTURES = {
+    "worker", "own_worker", "session_worker", "keeper", "dead_letters", "session_relay", "rabbitmqctl",
+    "worker_env",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
 # -- the fault suite's report (docs/reliability.md) ------------------------------------
 
 _REPORT = ReliabilityReport()
+FAULT_SCENARIOS = 13  # the numbered rows of tests/faults
 
 
 @pytest.fixture(scope="session")
@@ -327,7 +334,10 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # Only a run of the whole fault suite rewrites the report, never a partial one.
+    # Only a run of the whole fault suite rewrites the report, never a partial one: every
+    # numbered scenario of tests/faults recorded a row. One page per broker major version.
     scenarios = {row.number for row in _REPORT.rows.values()}
-    if {str(n) for n in range(1, 11)} <= scenarios:
-        _REPORT.write(Path(settings.BASE_DIR) / "docs" / "reliability.md", "make test")
+    if {str(n) for n in range(1, FAULT_SCENARIOS + 1)} <= scenarios:
+        major = _REPORT.broker.split()[-1].split(".")[0]
+        name = "reliability.md" if major == "3" else f"reliability-rabbitmq{major}.md"
+        _REPORT.write(Path(settings.BASE_DIR) / "docs" / name, "make test")

@@ -1,5 +1,7 @@
 """Fault injection on this machine's real services; every fault is undone in a finally.
 
+RabbitMQ faults hit the broker under test (jobs.testing.broker).
+
 CI and the next session share these services, so each context manager restores the
 service whatever happens inside it, and waits until it answers again.
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import psycopg2
 from django.conf import settings
+
+from jobs.testing import broker
 
 BIN_SERVICES = Path(settings.BASE_DIR) / "bin" / "services"
 
@@ -37,7 +41,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 
 def _rabbitmqctl(*args: str, timeout: float = 120) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
+    broker.ctl(*args, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -45,7 +49,9 @@ def rabbitmq_stopped():
     """Stops the RabbitMQ application (`rabbitmqctl stop_app`); starts it again on exit."""
     _rabbitmqctl("stop_app")
     try:
-        _wait(lambda: not _port_open(5672), 30, "RabbitMQ closing its port")
+        _wait(
+            lambda: not _port_open(broker.port(settings.CELERY_BROKER_URL)), 30, "RabbitMQ closing its port"
+        )
         yield
     finally:
         restore_rabbitmq()
@@ -102,22 +108,20 @@ def rabbitmq_frozen():
         os.killpg(watchdog.pid, signal.SIGKILL)  # the shell and its sleep
         watchdog.wait()
         _rabbitmqctl("await_startup")
-        _wait(lambda: _port_open(5672), 60, "RabbitMQ answering again")
+        _wait(lambda: _port_open(broker.port(settings.CELERY_BROKER_URL)), 60, "RabbitMQ answering again")
 
 
 def _rabbitmqctl_output(*args: str) -> str:
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=120
-    ).stdout
+    return broker.ctl(*args)
 
 
 def restore_rabbitmq() -> None:
     try:
         _rabbitmqctl("start_app")
     except subprocess.CalledProcessError:
-        subprocess.run([str(BIN_SERVICES)], check=True, timeout=180)
+        broker.start()
     _rabbitmqctl("await_startup")
-    _wait(lambda: _port_open(5672), 60, "RabbitMQ listening again")
+    _wait(lambda: _port_open(broker.port(settings.CELERY_BROKER_URL)), 60, "RabbitMQ listening again")
 
 
 @contextlib.contextmanager

@@ -406,7 +406,9 @@ def test_a_long_publish_keeps_a_bounded_number_of_chunks_unconfirmed(worker, tmp
     )
 
 
-def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next_publish(worker, tmp_path):
+def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next_publish(
+    worker, rabbitmqctl, tmp_path
+):
     """The kept publishing connection dies while idle (a broker restart, an operator
     closing it): the next enqueue must notice before it writes, and publish on a new
     connection at once, not leave its job to the relay."""
@@ -416,12 +418,9 @@ def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next
     first = enqueue(tasks.record, path, "1")
     assert Job.objects.get(pk=first.id).state != JobState.PENDING
     sock = publisher._shared.channel.connection.sock
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "peer_port", "pid"],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout  # fmt: skip
+    listed = rabbitmqctl("list_connections", "peer_port", "pid")
     pid = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)[str(sock.getsockname()[1])]
-    subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"], check=True, timeout=60)
+    rabbitmqctl("close_connection", pid, "closed by a test")
     # The broker has sent its Connection.Close once the idle socket has something to read.
     wait_for(lambda: select.select([sock], [], [], 0)[0], message="the broker to close the connection")
 

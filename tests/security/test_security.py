@@ -99,20 +99,19 @@ def test_other_acting_pages_refuse_without_permission():
 
 
 @pytest.fixture
-def secret_broker_user(broker_url):
+def secret_broker_user(broker_url, rabbitmqctl):
     """A RabbitMQ user with a one-off password, on the run's vhost; deleted afterwards."""
     name, password = f"jobs-secret-{uuid.uuid4().hex[:6]}", f"Brk-{secrets.token_hex(12)}"
     vhost = broker_url.rsplit("/", 1)[1]
-    subprocess.run(["rabbitmqctl", "-q", "add_user", name, password], check=True, capture_output=True)
+    rabbitmqctl("add_user", name, password)
     try:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, name, ".*", ".*", ".*"],
-            check=True,
-            capture_output=True,
-        )
-        yield name, password, f"amqp://{name}:{password}@127.0.0.1:5672/{vhost}"
+        rabbitmqctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
+        yield name, password, f"amqp://{name}:{password}@127.0.0.1:{rabbitmqctl.amqp_port}/{vhost}"
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_user", name], capture_output=True)
+        try:
+            rabbitmqctl("delete_user", name)
+        except RuntimeError:
+            pass
 
 
 def test_no_secret_appears_in_logs_error_pages_or_flower(

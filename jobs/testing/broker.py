@@ -1,0 +1,47 @@
+"""The RabbitMQ the tests run against, and how to drive it.
+
+The machine's own broker by default. bin/test's second pass points the suite at the
+RabbitMQ 4 node of bin/rabbitmq4 with three variables:
+
+- JOBS_TEST_BROKER_URL: its URL (not CELERY_BROKER_URL, which Celery reads itself,
+  over whatever a test sets);
+- JOBS_TEST_RABBITMQCTL: the command that runs its rabbitmqctl;
+- JOBS_TEST_BROKER_START: the command that starts it again if it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+CTL = shlex.split(os.environ.get("JOBS_TEST_RABBITMQCTL", "rabbitmqctl"))
+START = shlex.split(os.environ.get("JOBS_TEST_BROKER_START", str(_ROOT / "bin" / "services")))
+
+
+def url(default: str) -> str:
+    """The broker's URL: JOBS_TEST_BROKER_URL, else `default` (the settings' URL)."""
+    return os.environ.get("JOBS_TEST_BROKER_URL") or default
+
+
+def port(default: str = "amqp://127.0.0.1:5672//") -> int:
+    return urlsplit(url(default)).port or 5672
+
+
+def ctl(*args: str, timeout: float = 120) -> str:
+    """rabbitmqctl of the broker under test (quiet); returns its output, raises on failure."""
+    result = subprocess.run([*CTL, "-q", *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(
+            result.returncode, [*CTL, *args], output=result.stdout, stderr=result.stderr
+        )
+    return result.stdout
+
+
+def start() -> None:
+    """Starts the broker under test if it is not running (idempotent)."""
+    subprocess.run(START, check=True, timeout=300, stdout=subprocess.DEVNULL)
