@@ -138,7 +138,9 @@ def platform(broker_url, media_root, smtp_server, django_db_setup, django_db_blo
     override.enable()
     with app.connection_for_write() as connection:
         topology.declare(connection)
-        _REPORT.broker = f"RabbitMQ {connection.connection.server_properties['version']}"
+        _REPORT.broker = (
+            f"RabbitMQ {connection.connection.server_properties['version']}, {topology.queue_type()} queues"
+        )
     try:
         yield app
     finally:
@@ -338,6 +340,11 @@ def pytest_sessionfinish(session, exitstatus):
     # numbered scenario of tests/faults recorded a row. One page per broker major version.
     scenarios = {row.number for row in _REPORT.rows.values()}
     if {str(n) for n in range(1, FAULT_SCENARIOS + 1)} <= scenarios:
-        major = _REPORT.broker.split()[-1].split(".")[0]
-        name = "reliability.md" if major == "3" else f"reliability-rabbitmq{major}.md"
+        version, kind = _REPORT.broker.removeprefix("RabbitMQ ").split(", ")
+        major, quorum = version.split(".")[0], kind.startswith("quorum")
+        name = (
+            "reliability.md"
+            if (major, quorum) == ("3", False)
+            else (f"reliability-rabbitmq{major}{'-quorum' if quorum else ''}.md")
+        )
         _REPORT.write(Path(settings.BASE_DIR) / "docs" / name, "make test")

@@ -124,11 +124,13 @@ class JobTask(Task):
                     raise Ignore()
             return self._run_and_record(job, args, kwargs, lease)
         except (DatabaseError, InterfaceError) as exc:
-            # The ledger is unreachable: keep the message in RabbitMQ and try again.
-            # A run already done is absorbed by the handler's own idempotency.
+            # The ledger is unreachable: keep the message in RabbitMQ and try again,
+            # once the ledger answers (or after a while), so that an outage costs each
+            # message one redelivery, not one a second: a quorum queue counts them
+            # against its delivery limit. A run already done is absorbed by the
+            # handler's own idempotency.
             logger.warning("job=%s task=%s ledger unavailable (%s); requeueing", job_id, self.name, exc)
-            connection.close()
-            time.sleep(1.0)
+            _wait_for_the_ledger(settings.JOBS_LEDGER_WAIT_SECONDS)
             raise Reject(f"ledger unavailable: {exc}", requeue=True) from exc
         except TaskPredicate:
             raise  # Retry, Reject, Ignore: already decided, and the ledger written
@@ -426,6 +428,23 @@ class JobTask(Task):
         if started is not None:
             parts.append(f"duration_ms={(time.monotonic() - started) * 1000:.1f}")
         logger.info("%s %s", " ".join(parts), message)
+
+
+def _wait_for_the_ledger(longest: float) -> None:
+    """Returns once PostgreSQL answers on a new connection, or after `longest` seconds."""
+    deadline = time.monotonic() + longest
+    pause = 0.5
+    while True:
+        connection.close()
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        try:
+            connection.ensure_connection()
+            return
+        except (DatabaseError, InterfaceError):
+            if time.monotonic() >= deadline:
+                connection.close()
+                return
+        pause = min(pause * 2, 5.0)
 
 
 def _seconds_until(when, tz) -> float | None:

@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 
+from amqp.exceptions import PreconditionFailed
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
@@ -86,6 +87,13 @@ def _explain(headers: dict, properties: dict, body: bytes, reason: str, job: Job
     """Why this message is dead, in a sentence, when the ledger has no better error."""
     if job is not None and job.last_error:
         return job.last_error
+    if reason == "delivery_limit":
+        deliveries = headers.get("x-delivery-count")
+        return (
+            f"RabbitMQ dead-lettered it after {deliveries or 'too many'} deliveries, the quorum queue's "
+            "delivery limit (JOBS_QUORUM_DELIVERY_LIMIT): its worker died during each run, or it was "
+            "requeued that often."
+        )
     content_type = properties.get("content_type") or ""
     task = headers.get("task")
     if content_type and content_type != "application/json":
@@ -324,5 +332,12 @@ def run_keeper(stop=lambda: False, prefetch: int = 20) -> None:
         except Exception as exc:  # noqa: BLE001 - the keeper outlives broker restarts
             if stop():
                 return
+            if isinstance(exc, PreconditionFailed):  # the dead-letter queue drifted
+                report = topology.QueueReport(
+                    topology.DEAD_LETTER_QUEUE, "drift", getattr(exc, "reply_text", "")
+                )
+                logger.error("dead-letter keeper cannot consume: %s", topology.drift_advice(report))
+                time.sleep(10.0)
+                continue
             logger.warning("dead-letter keeper stopped consuming (%r); reconnecting", exc, exc_info=True)
             time.sleep(2.0)

@@ -1,9 +1,23 @@
 """The RabbitMQ topology of the platform, declared once.
 
-Every workload has its own durable classic queue, a priority queue whose rejected
-messages go to one dead-letter exchange. One durable dead-letter queue is bound to
-that exchange; no worker consumes it (the dead-letter keeper does). Worker `-Q`
-lists, compose services and docs use `WORKLOAD_QUEUES`; nothing else spells a queue.
+Every workload has its own durable queue, whose rejected messages go to one
+dead-letter exchange. One durable dead-letter queue is bound to that exchange; no
+worker consumes it (the dead-letter keeper does). Worker `-Q` lists, compose services
+and docs use `WORKLOAD_QUEUES`; nothing else spells a queue.
+
+The queues are classic or quorum (`JOBS_QUEUE_TYPE`), and every one declares its type
+explicitly, never inheriting the broker's default:
+
+- classic (the default, for one node): priority queues of `MAX_PRIORITY` levels;
+- quorum (RabbitMQ 3.8+, the only replicated type since 4.0, for a cluster):
+  replicated; RabbitMQ's delivery limit (`JOBS_QUORUM_DELIVERY_LIMIT`) dead-letters a
+  message delivered that often (a job that keeps killing its worker); dead-lettering
+  is at-least-once (`x-dead-letter-strategy`, which needs `x-overflow:
+  reject-publish`); priorities are two levels on RabbitMQ 4.0-4.2 (above 4 is high,
+  served about 2:1 against low) and `x-max-priority` is not used.
+
+A queue declared with other arguments drifts: `manage.py jobs_topology --fix`
+migrates it, messages included (also from classic to quorum).
 """
 
 from __future__ import annotations
@@ -32,11 +46,20 @@ class Workload(enum.StrEnum):
 WORKLOAD_QUEUES: tuple[str, ...] = tuple(w.value for w in Workload)
 
 
+class QueueType(enum.StrEnum):
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
 class PriorityClass(enum.IntEnum):
-    """Priority classes mapped onto RabbitMQ message priorities (higher runs first)."""
+    """Priority classes mapped onto RabbitMQ message priorities (higher runs first).
+
+    Normal is 4, not 5: a quorum queue of RabbitMQ 4.0-4.2 knows two levels, above 4
+    and the rest, so there urgent work still overtakes normal and bulk work.
+    """
 
     BULK = 1
-    NORMAL = 5
+    NORMAL = 4
     URGENT = 9
 
     @classmethod
@@ -50,12 +73,6 @@ class PriorityClass(enum.IntEnum):
         raise ValueError(f"Unknown priority {value!r}; use one of {names}.")
 
 
-@dataclass(frozen=True)
-class QueueSpec:
-    name: str
-    arguments: dict
-
-
 def jobs_exchange() -> Exchange:
     return Exchange(JOBS_EXCHANGE, type="direct", durable=True)
 
@@ -66,29 +83,49 @@ def dead_letter_exchange() -> Exchange:
     return Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
 
 
-def workload_queue_arguments() -> dict:
+def queue_type() -> QueueType:
+    """The type every queue of the topology is declared with (JOBS_QUEUE_TYPE)."""
+    from django.conf import settings
+
+    try:
+        return QueueType(settings.JOBS_QUEUE_TYPE)
+    except ValueError:
+        raise ValueError(f"JOBS_QUEUE_TYPE is {settings.JOBS_QUEUE_TYPE!r}; use classic or quorum.") from None
+
+
+def workload_queue_arguments(kind: QueueType | None = None) -> dict:
+    kind = kind or queue_type()
+    if kind is QueueType.QUORUM:
+        from django.conf import settings
+
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": settings.JOBS_QUORUM_DELIVERY_LIMIT,
+        }
     return {
+        "x-queue-type": "classic",
         "x-max-priority": MAX_PRIORITY,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-        # Classic queue storage version 2 (RabbitMQ 3.10+, the default from 3.12):
-        # here it confirms a persistent message in 0.25 ms at the median and 0.5 ms
-        # at p99, against 0.55 ms and 2-2.6 ms for version 1, and every enqueue
-        # waits for that confirm. A queue declared before this line drifts:
-        # `manage.py jobs_topology --fix` migrates it, keeping its messages.
+        # Classic queue storage version 2 (RabbitMQ 3.10+, the default from 3.12)
+        # confirms a persistent message faster, and every enqueue waits for that
+        # confirm (docs/performance.md).
         "x-queue-version": QUEUE_VERSION,
     }
 
 
+def dead_letter_queue_arguments(kind: QueueType | None = None) -> dict:
+    # No x-queue-mode: RabbitMQ 3.12+ ignores it and 4.3 refuses it.
+    return {"x-queue-type": str(kind or queue_type())}
+
+
 def workload_queues() -> list[Queue]:
     exchange = jobs_exchange()
+    arguments = workload_queue_arguments()
     return [
-        Queue(
-            name,
-            exchange,
-            routing_key=name,
-            durable=True,
-            queue_arguments=workload_queue_arguments(),
-        )
+        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
         for name in WORKLOAD_QUEUES
     ]
 
@@ -99,15 +136,26 @@ def dead_letter_queue() -> Queue:
         dead_letter_exchange(),
         routing_key="",
         durable=True,
-        queue_arguments={"x-queue-mode": "lazy"},
+        queue_arguments=dead_letter_queue_arguments(),
     )
 
 
-def expected_queues() -> list[QueueSpec]:
-    """What every queue of the topology must be declared with."""
-    specs = [QueueSpec(name, workload_queue_arguments()) for name in WORKLOAD_QUEUES]
-    specs.append(QueueSpec(DEAD_LETTER_QUEUE, {"x-queue-mode": "lazy"}))
-    return specs
+def route_by_task_name(name, args, kwargs, options, task=None, **_):
+    """Celery router: a message sent by task name alone (`send_task`, `celery call`)
+    goes to that task's workload queue, as one sent from the task itself does."""
+    if task is None:
+        import django
+        from celery import current_app
+        from django.apps import apps
+
+        if not apps.ready:  # a process that only sends (`celery call`): the tasks need Django
+            django.setup()
+        task = current_app.tasks.get(name)
+        if task is None:  # its module not imported yet in this process
+            current_app.loader.import_default_modules()
+            task = current_app.tasks.get(name)
+    queue = getattr(task, "queue", None)
+    return {"queue": str(queue)} if queue in WORKLOAD_QUEUES else None
 
 
 def configure_app(app) -> None:
@@ -119,8 +167,11 @@ def configure_app(app) -> None:
         task_default_exchange_type="direct",
         task_default_routing_key=Workload.DEFAULT.value,
         task_default_priority=PriorityClass.NORMAL.value,
-        task_queue_max_priority=MAX_PRIORITY,
+        # Celery adds x-max-priority to every queue it declares when this is set: only
+        # classic queues have it (the topology declares it itself).
+        task_queue_max_priority=MAX_PRIORITY if queue_type() is QueueType.CLASSIC else None,
         task_create_missing_queues=False,
+        task_routes=(route_by_task_name,),
     )
 
 
@@ -128,7 +179,7 @@ def declare(connection) -> None:
     """Declares exchanges and every queue on `connection` (idempotent).
 
     Raises kombu/amqp PreconditionFailed when a queue exists with other arguments;
-    `jobs.topology_check.verify` turns that into a readable drift report.
+    `verify` turns that into a readable drift report.
     """
     channel = connection.default_channel
     dead_letter_exchange()(channel).declare()
@@ -145,8 +196,21 @@ class QueueReport:
     detail: str = ""
 
 
-def verify(connection) -> list[QueueReport]:
-    """Declares what is missing and reports, per queue, ok / created / drift.
+FIX_DRIFT = "python manage.py jobs_topology --fix"
+
+
+def drift_advice(report: QueueReport) -> str:
+    """What an operator reads when a queue drifted: which, how, and the command that fixes it."""
+    return (
+        f"RabbitMQ's queue {report.name!r} was declared with other arguments than this release "
+        f"declares ({report.detail}). Stop the workers and the dead-letter keeper, then run "
+        f"`{FIX_DRIFT}`: it migrates the queue to the declared arguments with its messages."
+    )
+
+
+def verify(connection, names: list[str] | None = None) -> list[QueueReport]:
+    """Declares what is missing and reports, per queue (of `names`, else all), ok /
+    created / drift.
 
     RabbitMQ refuses to redeclare a queue with other arguments (PRECONDITION_FAILED,
     which also closes the channel), so each queue is tried on a channel of its own
@@ -165,6 +229,8 @@ def verify(connection) -> list[QueueReport]:
 
     reports = []
     for queue in [*workload_queues(), dead_letter_queue()]:
+        if names is not None and queue.name not in names:
+            continue
         channel = connection.channel()
         try:
             channel.queue_declare(queue.name, passive=True)
@@ -203,14 +269,28 @@ def recreate(connection, name: str) -> int:
         channel.queue_bind(holding, exchange, routing_key)
         channel.queue_unbind(name, exchange, routing_key)
         moved = _move_all(channel, name, holding)
-        channel.queue_delete(name, if_empty=True)
+        _delete_empty(channel, name)
+        # A fresh channel for the new queue: RabbitMQ 3.10's channel keeps the deleted
+        # queue's type, and a publish to a queue of the same name but another type
+        # (classic to quorum) on it fails with INTERNAL_ERROR.
+        _close_quietly(channel)
+        channel = connection.channel()
         queue(channel).declare()
         channel.queue_unbind(holding, exchange, routing_key)
         _move_all(channel, holding, name)
-        channel.queue_delete(holding, if_empty=True)
+        _delete_empty(channel, holding)
         return moved
     finally:
         _close_quietly(channel)
+
+
+def _delete_empty(channel, name: str) -> None:
+    # Quorum queues refuse queue.delete's if-empty flag: look, then delete. Nothing
+    # publishes to `name` meanwhile: its binding went to the holding queue first.
+    _, messages, _ = channel.queue_declare(name, passive=True)
+    if messages:
+        raise RuntimeError(f"queue {name!r} still holds {messages} message(s); not deleting it")
+    channel.queue_delete(name)
 
 
 def _move_all(channel, source: str, target: str) -> int:

@@ -4,6 +4,7 @@ import logging
 from collections.abc import Mapping
 
 from celery.app.utils import HIDDEN_SETTINGS
+from celery.exceptions import WorkerShutdown
 from celery.utils.serialization import jsonify, strtobool
 from celery.worker.consumer import Consumer
 from celery.worker.control import inspect_command
@@ -11,7 +12,7 @@ from kombu.utils.encoding import safe_repr
 from kombu.utils.url import maybe_sanitize_url
 from vine import promise
 
-from jobs import task_message
+from jobs import task_message, topology
 
 logger = logging.getLogger("jobs")
 
@@ -31,6 +32,26 @@ class DeadLetteringConsumer(Consumer):
     keeper records them with the reason and an operator can see them, and the worker
     goes on consuming.
     """
+
+    def start(self):
+        self._refuse_drifted_queues()
+        return super().start()
+
+    def _refuse_drifted_queues(self) -> None:
+        """Stops the worker with a sentence, not Celery's PreconditionFailed traceback,
+        when a queue it consumes was declared with other arguments (jobs.topology)."""
+        names = [queue.name for queue in self.app.amqp.queues.consume_from.values()]
+        try:
+            with self.app.connection_for_read() as connection:
+                connection.ensure_connection(max_retries=3)
+                drifted = [r for r in topology.verify(connection, names) if r.status == "drift"]
+        except Exception as exc:  # noqa: BLE001 - Celery's own connection handling reports it
+            logger.warning("could not check the queues before consuming (%s)", exc.__class__.__name__)
+            return
+        if drifted:
+            for report in drifted:
+                logger.critical("%s", topology.drift_advice(report))
+            raise WorkerShutdown(topology.drift_advice(drifted[0]))
 
     def create_task_handler(self, promise=promise):
         celery_handler = super().create_task_handler(promise)

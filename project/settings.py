@@ -238,6 +238,14 @@ TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
 # --- The platform (jobs/) -----------------------------------------------------------
 # A job whose worker died during this many of its runs is dead-lettered as poison.
 JOBS_MAX_LOST_RUNS = env.int("JOBS_MAX_LOST_RUNS", default=3)
+# classic (one node) or quorum (a cluster): see jobs/topology.py. Changing it makes the
+# queues drift: stop the workers and run `manage.py jobs_topology --fix`.
+JOBS_QUEUE_TYPE = env.str("JOBS_QUEUE_TYPE", default="classic")
+# Quorum queues only: RabbitMQ dead-letters a message delivered this often.
+JOBS_QUORUM_DELIVERY_LIMIT = env.int("JOBS_QUORUM_DELIVERY_LIMIT", default=20)
+# A worker that finds PostgreSQL away waits up to this long for it before it requeues
+# the message (each requeue counts against a quorum queue's delivery limit).
+JOBS_LEDGER_WAIT_SECONDS = env.float("JOBS_LEDGER_WAIT_SECONDS", default=60.0)
 # Seconds before a copy that found the job's lease taken (a copy running elsewhere) looks again.
 JOBS_LEASE_BUSY_RETRY_SECONDS = env.float("JOBS_LEASE_BUSY_RETRY_SECONDS", default=5.0)
 # Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk

@@ -71,3 +71,25 @@ def test_docs_name_only_queues_of_the_topology():
     named = {q for match in re.findall(r"-Q ([\w.,]+)", readme) for q in match.split(",")}
     assert named, "the README shows the worker layout"
     assert named <= set(topology.WORKLOAD_QUEUES)
+
+
+def test_compose_runs_rabbitmq_4_with_quorum_queues_and_the_cluster_file_three_nodes():
+    base = compose()
+    assert base["services"]["rabbitmq"]["image"].startswith("rabbitmq:4.")
+    assert base["x-app"]["environment"]["JOBS_QUEUE_TYPE"] == "${JOBS_QUEUE_TYPE:-quorum}"
+
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    nodes = [name for name in cluster["services"] if name.startswith("rabbitmq")]
+    assert nodes == ["rabbitmq", "rabbitmq-b", "rabbitmq-c"]
+    formation = cluster["configs"]["rabbitmq-cluster"]["content"]
+    for node in nodes:
+        assert cluster["services"][node]["image"].startswith("rabbitmq:4.")
+        assert "healthcheck" in cluster["services"][node]
+        assert f"rabbit@{node}" in formation
+    app_processes = [name for name, s in base["services"].items() if s.get("image") == "jobs-platform:latest"]
+    for name in app_processes:
+        service = cluster["services"][name]
+        urls = service["environment"]["CELERY_BROKER_URL"].split(";")
+        assert [url.split("@")[1].split(":")[0] for url in urls] == nodes, name
+        assert service["environment"]["JOBS_QUEUE_TYPE"] == "quorum"
+        assert set(service["depends_on"]) == set(nodes)

@@ -12,7 +12,7 @@ from jobs.tests import tasks
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_urgent_jobs_overtake_queued_bulk_jobs(own_worker, tmp_path):
+def test_urgent_jobs_overtake_queued_bulk_jobs(own_worker, tmp_path, reliability):
     path = str(tmp_path / "order")
     bulk = [enqueue(tasks.record, path, f"bulk-{n}", priority="bulk") for n in range(200)]
     urgent = [enqueue(tasks.record, path, f"urgent-{n}", priority="urgent") for n in range(5)]
@@ -35,6 +35,13 @@ def test_urgent_jobs_overtake_queued_bulk_jobs(own_worker, tmp_path):
     assert max(urgent_positions) < twentieth_bulk, (
         f"urgent at {urgent_positions}, 20th bulk at {twentieth_bulk}"
     )
+    reliability.record(
+        "P1", "Urgent jobs overtake a queued bulk backlog",
+        "200 bulk jobs, then 5 urgent ones, enqueued with no worker; then one worker of one process",
+        f"the 5 urgent jobs ran at positions {', '.join(str(n + 1) for n in urgent_positions)} of 205; "
+        f"the 20th bulk job at {twentieth_bulk + 1}",
+        "test_urgent_jobs_overtake_queued_bulk_jobs",
+    )  # fmt: skip
 
 
 def test_a_job_hanging_past_its_soft_time_limit_ends_dead_not_requeued(worker, tmp_path, dead_letters):
