@@ -73,9 +73,10 @@ def broker_url():
     _drop_stale_vhosts()
     _rabbitmqctl("add_vhost", VHOST)
     _rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    base = re.match(r"^[a-z]+://[^/]+", broker.url(settings.CELERY_BROKER_URL)).group(0)  # scheme, auth, host
+    # scheme, auth and host of each node (a cluster's failover list has several)
+    bases = [re.match(r"^[a-z]+://[^/]+", url).group(0) for url in broker.urls(settings.CELERY_BROKER_URL)]
     try:
-        yield f"{base}/{quote(VHOST, safe='')}"
+        yield ";".join(f"{base}/{quote(VHOST, safe='')}" for base in bases)
     finally:
         _rabbitmqctl("delete_vhost", VHOST)
 
@@ -89,7 +90,7 @@ def rabbitmqctl(broker_url):
     def run(*args: str) -> str:
         return _rabbitmqctl(*args)
 
-    run.amqp_port = urlsplit(broker_url).port or 5672
+    run.amqp_port = urlsplit(broker_url.split(";")[0]).port or 5672
     return run
 
 
@@ -319,6 +320,7 @@ def pytest_collection_modifyitems(config, items):
 
 _REPORT = ReliabilityReport()
 FAULT_SCENARIOS = 13  # the numbered rows of tests/faults
+CLUSTER_SCENARIOS = 3  # the rows C1, C2... of tests/faults/test_cluster.py
 
 
 @pytest.fixture(scope="session")
@@ -339,7 +341,9 @@ def pytest_sessionfinish(session, exitstatus):
     # Only a run of the whole fault suite rewrites the report, never a partial one: every
     # numbered scenario of tests/faults recorded a row. One page per broker major version.
     scenarios = {row.number for row in _REPORT.rows.values()}
-    if {str(n) for n in range(1, FAULT_SCENARIOS + 1)} <= scenarios:
+    if {f"C{n}" for n in range(1, CLUSTER_SCENARIOS + 1)} <= scenarios:
+        _REPORT.write(Path(settings.BASE_DIR) / "docs" / "reliability-cluster.md", "make test")
+    elif {str(n) for n in range(1, FAULT_SCENARIOS + 1)} <= scenarios:
         version, kind = _REPORT.broker.removeprefix("RabbitMQ ").split(", ")
         major, quorum = version.split(".")[0], kind.startswith("quorum")
         name = (

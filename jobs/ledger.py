@@ -108,6 +108,21 @@ def recheck_lease_later(job_id: uuid.UUID | str, seconds: float) -> int:
     )
 
 
+def end_lease_rechecks(job_ids: Iterable[uuid.UUID | str]) -> int:
+    """The relay looked at these jobs' leases for the last time (jobs.relay.recheck_leases)."""
+    return Job.objects.filter(pk__in=list(job_ids)).update(delayed_until=None)
+
+
+def recheck_leases_at(job_ids: Iterable[uuid.UUID | str], when: datetime.datetime) -> int:
+    """The relay looks at these started jobs' leases again at `when`."""
+    return Job.objects.filter(pk__in=list(job_ids), state=JobState.STARTED).update(delayed_until=when)
+
+
+def mark_rescued(job_ids: Iterable[uuid.UUID | str]) -> int:
+    """These jobs were sent again because their messages looked lost (jobs.rescue)."""
+    return Job.objects.filter(pk__in=list(job_ids)).update(rescued_at=timezone.now())
+
+
 def lock_key(job_id: uuid.UUID | str) -> int:
     # PostgreSQL advisory locks take a signed 64-bit key: the UUID's first 8 bytes.
     return int.from_bytes(uuid.UUID(str(job_id)).bytes[:8], "big", signed=True)

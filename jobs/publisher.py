@@ -74,7 +74,15 @@ class _ConfirmChannel:
         # No heartbeats: nothing would send them while the process is idle, and the
         # broker would close the connection; a dead one is detected on next use.
         self.connection = app.connection_for_write(heartbeat=0)
-        self.connection.ensure_connection(max_retries=0)  # CELERY_BROKER_CONNECTION_TIMEOUT
+        # Each node of a failover URL ("a;b;c") once, at once, each within
+        # CELERY_BROKER_CONNECTION_TIMEOUT: a dead first node must not keep every
+        # publish of this process on it.
+        self.connection.ensure_connection(
+            max_retries=len(self.connection.alt) - 1 if self.connection.alt else 0,
+            interval_start=0,
+            interval_step=0,
+            interval_max=0,
+        )
         # py-amqp's transport, which holds the socket (kombu's has none).
         self.transport = self.connection.connection.transport
         # Opening the channel waits for the broker's answers, with no timeout of its

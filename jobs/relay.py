@@ -91,18 +91,14 @@ def recheck_leases(batch_size: int = 500) -> int:
     if not looks:
         return 0
     started = [job for job in looks if job.state == JobState.STARTED]
-    Job.objects.filter(pk__in=[job.id for job in looks if job.state != JobState.STARTED]).update(
-        delayed_until=None
-    )
+    ledger.end_lease_rechecks(job.id for job in looks if job.state != JobState.STARTED)
     lost = without_a_live_run(started)
     lost_ids = {job.id for job in lost}
     again = now + datetime.timedelta(seconds=settings.JOBS_LEASE_BUSY_RETRY_SECONDS)
-    Job.objects.filter(pk__in=[job.id for job in started if job.id not in lost_ids]).update(
-        delayed_until=again
-    )
+    ledger.recheck_leases_at((job.id for job in started if job.id not in lost_ids), again)
     sent = publish_jobs(lost, force=True)
     if sent:
-        Job.objects.filter(pk__in=[job.id for job in sent]).update(delayed_until=None)
+        ledger.end_lease_rechecks(job.id for job in sent)
         logger.warning(
             "relay sent again %d started job(s) whose run died after a copy found it busy", len(sent)
         )

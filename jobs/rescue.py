@@ -113,7 +113,7 @@ def rescue_lost_jobs(
         return rescue
     sent = publish_jobs([job for jobs in found.values() for job in jobs], force=True)
     if sent:
-        Job.objects.filter(pk__in=[job.id for job in sent]).update(rescued_at=timezone.now())
+        ledger.mark_rescued(job.id for job in sent)
     for job in sent:
         rescue.lost[job.state].append(job.id)
     if rescue.total or rescue.missing_queues:

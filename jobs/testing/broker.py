@@ -3,8 +3,8 @@
 The machine's own broker by default. bin/test's second pass points the suite at the
 RabbitMQ 4 node of bin/rabbitmq4 with three variables:
 
-- JOBS_TEST_BROKER_URL: its URL (not CELERY_BROKER_URL, which Celery reads itself,
-  over whatever a test sets);
+- JOBS_TEST_BROKER_URL: its URL, or a cluster's failover list "url;url;url" (not
+  CELERY_BROKER_URL, which Celery reads itself, over whatever a test sets);
 - JOBS_TEST_RABBITMQCTL: the command that runs its rabbitmqctl;
 - JOBS_TEST_BROKER_START: the command that starts it again if it stopped.
 """
@@ -28,8 +28,18 @@ def url(default: str) -> str:
     return os.environ.get("JOBS_TEST_BROKER_URL") or default
 
 
+def urls(default: str) -> list[str]:
+    """Each node's URL: one, or a cluster's three."""
+    return url(default).split(";")
+
+
+def is_cluster(default: str) -> bool:
+    return len(urls(default)) > 1
+
+
 def port(default: str = "amqp://127.0.0.1:5672//") -> int:
-    return urlsplit(url(default)).port or 5672
+    """The AMQP port of the (first) node."""
+    return urlsplit(urls(default)[0]).port or 5672
 
 
 def ctl(*args: str, timeout: float = 120) -> str:

@@ -2,7 +2,6 @@
 or frozen broker, a purged queue, terminated database sessions and a stopped Redis.
 Each restores what it breaks."""
 
-import collections
 import datetime
 import json
 import os
@@ -27,37 +26,11 @@ from invoices.tests.factories import make_customer, make_invoice, make_invoice_r
 from jobs.models import Job, JobState
 from jobs.rescue import without_a_live_run
 from jobs.testing import faults, wait_for
+from jobs.testing.finishing import FINAL, all_final
 from jobs.testing.processes import background, manage_py
 from jobs.tests import tasks
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]
-
-FINAL = [JobState.SUCCEEDED, JobState.DEAD]
-
-
-def all_final(ids, timeout=120.0, worker=None):
-    """The jobs of `ids`, once every one is final; on a timeout, fails saying where
-    the others are (and what the worker said last, if given)."""
-    try:
-        wait_for(
-            lambda: Job.objects.filter(pk__in=ids, state__in=FINAL).count() == len(ids),
-            timeout=timeout,
-            interval=0.25,
-            message=f"{len(ids)} jobs to finish",
-        )
-    except pytest.fail.Exception as exc:
-        try:
-            jobs_ = Job.objects.filter(pk__in=ids)
-            states = collections.Counter(jobs_.values_list("state", flat=True))
-            waiting = list(
-                jobs_.exclude(state__in=FINAL).values_list("id", "state", "attempts", "last_error")[:5]
-            )
-            seen = f"states {dict(states)}; for example {waiting}"
-        except Exception as error:  # noqa: BLE001 - the timeout is the failure to report
-            seen = f"the ledger could not be read: {error}"
-        said = worker.log()[-3000:] if worker else ""
-        pytest.fail(f"{exc}; {seen}\n{said}")
-    return Job.objects.filter(pk__in=ids)
 
 
 def pdf_files(invoice: Invoice) -> list[str]:
