@@ -401,6 +401,9 @@ class JobTask(Task):
                 self.name,
                 _describe(exc),
             )
+            job = Job.objects.filter(pk=job_id).first()
+            if job is not None:
+                self._call_on_dead(job, _describe(exc))
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, **options):
         """Celery's `self.retry()`, kept in the ledger: nothing is published now; the job
@@ -413,7 +416,10 @@ class JobTask(Task):
         raise Retry(exc=exc, when=when if when is not None else self.default_retry_delay)
 
     def on_dead(self, job: Job, error: str) -> None:
-        """Hook for a task class: runs in the worker once the job is marked dead."""
+        """Hook for a task class: runs once the job is marked dead, whichever way it
+        died: its body failed, it was poison, an error outside its body, or RabbitMQ
+        dead-lettered its message (then in the dead-letter keeper, see
+        `ended_dead`)."""
 
     def _call_on_dead(self, job: Job, error: str) -> None:
         try:
@@ -445,6 +451,22 @@ def _wait_for_the_ledger(longest: float) -> None:
                 connection.close()
                 return
         pause = min(pause * 2, 5.0)
+
+
+def ended_dead(job: Job, error: str) -> None:
+    """Runs the `on_dead` hook of `job`'s task, for a job marked dead outside a worker's
+    run of it (the dead-letter keeper). Nothing if no such task is registered here."""
+    from jobs.services import EnqueueError, resolve_task
+
+    try:
+        task = resolve_task(job.task_name)
+    except EnqueueError:
+        return
+    except Exception:  # noqa: BLE001 - a hook must not change how the job ends
+        logger.exception("job=%s task=%s its task could not be loaded for on_dead", job.id, job.task_name)
+        return
+    if isinstance(task, JobTask):
+        task._call_on_dead(job, error)
 
 
 def _seconds_until(when, tz) -> float | None:

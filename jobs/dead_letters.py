@@ -21,6 +21,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from jobs import ledger, services, task_message, topology
+from jobs.base import ended_dead
 from jobs.models import DeadLetter, DeadLetterState, Job, JobState
 from jobs.storable import unstorable_text
 
@@ -142,10 +143,13 @@ def record_dead_letter(body: bytes, headers: dict, properties: dict, delivery_in
         reason = store.text(death.get("reason") or "", 32)
         if job is not None and not job.is_finished:
             why = store.text(_explain(headers, properties, body, reason, None))
-            ledger.transition(
+            moved = ledger.transition(
                 job.id, JobState.DEAD, last_error=f"Dead-lettered by RabbitMQ: {why}", finished_at=now
             )
             job.refresh_from_db()
+            if moved:
+                # The app's own record of the job (an email's status) ends with it.
+                transaction.on_commit(lambda job=job: ended_dead(job, job.last_error))
         text, encoding, held_nul = _body_text(body)
         count = death.get("count")
         fields = {

@@ -220,3 +220,39 @@ def test_admin_preview_resend_and_test_email(worker, smtp, client):
         "anna@example.com",
         "ops@example.com",
     ]
+
+
+def test_an_email_whose_job_rabbitmq_dead_lettered_is_marked_failed_with_the_reason(
+    own_worker, keeper, platform
+):
+    """A job that ends dead outside its body (here RabbitMQ dead-letters its message, as
+    a quorum queue's delivery limit does) runs the same on_dead hook as one whose body
+    failed: the email does not stay `queued` for ever. No worker runs here."""
+    from kombu import Producer
+
+    from jobs.topology import dead_letter_exchange
+
+    email = queue_test_email()
+    with platform.connection_for_write() as conn:
+        Producer(conn.default_channel).publish(
+            b"[[1], {}, {}]",
+            exchange=dead_letter_exchange(),
+            routing_key="emails",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={
+                "id": str(email.job_id),
+                "task": "emails.send",
+                "x-delivery-count": 20,
+                "x-death": [{"reason": "delivery_limit", "queue": "emails", "count": 1, "exchange": "jobs"}],
+            },
+            delivery_mode=2,
+        )
+
+    email = wait_for(
+        lambda: OutgoingEmail.objects.filter(pk=email.pk, status=EmailStatus.FAILED).first(),
+        timeout=30,
+        message="the email marked failed",
+    )
+    assert "the quorum queue's delivery limit" in email.last_error
+    assert Job.objects.get(pk=email.job_id).state == JobState.DEAD
