@@ -115,7 +115,11 @@ class JobTask(Task):
             if not lease.held:
                 # Another copy runs right now. Should that run die without a message
                 # left to run it again, the relay's look at its lease sends a new one.
-                ledger.recheck_lease_later(job_id, settings.JOBS_LEASE_BUSY_RETRY_SECONDS)
+                # Not started yet (the other copy is deciding, or ending a run): the
+                # job waits in the ledger a little, and the relay sends it then.
+                busy = settings.JOBS_LEASE_BUSY_RETRY_SECONDS
+                if not ledger.recheck_lease_later(job_id, busy):
+                    ledger.defer(job_id, timezone.now() + datetime.timedelta(seconds=busy))
                 self._log(job_id, "lease busy; another copy is running, acknowledged")
                 raise Ignore()
             if job is None:
@@ -208,9 +212,13 @@ class JobTask(Task):
                 continue
             wait = ratelimit.seconds_until_allowed(name, rate)
             if wait:
-                self._log(job_id, f"over the {rate} limit of {name}; waits {wait:.2f}s in the ledger")
-                ledger.defer(job_id, timezone.now() + datetime.timedelta(seconds=wait))
-                raise Ignore()
+                # Only a job that waits can wait in the ledger. Any other (a run that died
+                # with its worker, a finished job's redelivery) goes on to the lease,
+                # which decides: acking this copy would leave it with no message.
+                if ledger.defer(job_id, timezone.now() + datetime.timedelta(seconds=wait)):
+                    self._log(job_id, f"over the {rate} limit of {name}; waits {wait:.2f}s in the ledger")
+                    raise Ignore()
+                return
 
     def _ledger_row(self, job_id: str, args, kwargs) -> Job:
         delivery = self.request.delivery_info or {}
@@ -230,13 +238,17 @@ class JobTask(Task):
 
     def _run_and_record(self, job: Job, args, kwargs, lease: ledger.Lease):
         started = time.monotonic()
+        # The count lives in the ledger: every copy the relay sends says retries=0.
+        self.request.retries = job.retries
         try:
             result = self.run(*args, **kwargs)
         except Retry as exc:
             # The task body called self.retry() (see `retry`): nothing was sent, and
             # the ledger schedules the retry like any other.
             cause = exc.exc or exc
-            if self.max_retries is not None and job.retries >= self.max_retries:
+            limit = getattr(exc, "_jobs_max_retries", None)
+            limit = self.max_retries if limit is None else limit
+            if limit is not None and job.retries >= limit:
                 dead = (
                     cause
                     if cause is not exc
@@ -413,7 +425,9 @@ class JobTask(Task):
         if request.called_directly or request.is_eager:
             return super().retry(args, kwargs, exc, throw, eta, countdown, **options)
         when = eta if eta is not None else countdown
-        raise Retry(exc=exc, when=when if when is not None else self.default_retry_delay)
+        retry = Retry(exc=exc, when=when if when is not None else self.default_retry_delay)
+        retry._jobs_max_retries = options.get("max_retries")  # autoretry_for's retry_kwargs, say
+        raise retry
 
     def on_dead(self, job: Job, error: str) -> None:
         """Hook for a task class: runs once the job is marked dead, whichever way it

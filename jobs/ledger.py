@@ -5,9 +5,12 @@ process while the job runs. It vanishes with a dead worker's connection, so a
 redelivered copy can tell "the previous run is dead" (lease free) from "it is still
 running elsewhere" (lease held), which a ledger field alone cannot.
 
-`transition` is the one function that changes `Job.state`. It is a conditional
-UPDATE: two processes racing to move the same job cannot both win, and a move the
-table in jobs.models does not allow is refused rather than written.
+Every change of `Job.state` is made here, as a conditional UPDATE, so two processes
+racing to move one job cannot both win: `transition` (checked against the table of
+allowed moves in jobs.models) for most; named statements for the hot path (start,
+success, the publisher's mark); `defer` for a wait (back to `pending`, or a retry
+kept `retrying`). Other fields are still written from a few places outside
+(enqueue's INSERT and COPY in jobs.services, a lost run's count in jobs.base).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Iterable
 import psycopg2.errors
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.models import Case, Value, When
+from django.db.models import Case, F, Value, When
 from django.db.models.base import ModelState
 from django.utils import timezone
 
@@ -93,7 +96,10 @@ def defer(job_id: uuid.UUID | str, due: datetime.datetime) -> int:
         state=Case(
             When(state=JobState.RETRYING, then=Value(JobState.RETRYING)), default=Value(JobState.PENDING)
         ),
-        run_after=due,
+        # Never sooner than a retry's own backoff end.
+        run_after=Case(
+            When(state=JobState.RETRYING, run_after__gt=due, then=F("run_after")), default=Value(due)
+        ),
     )
     if moved:
         notify_due()
@@ -250,25 +256,29 @@ _IS_WAITING_BY_ID = f"coalesce(state, '') IN ('{JobState.PENDING}', '{JobState.R
 # Marks published jobs queued: only rows still waiting (pending, or retrying and due)
 # at the attempt that was published move (a worker may already have started one, or
 # started, failed and put it back), and none whose time a worker pushed back since
-# (a rate limit's deferral: its copy was acknowledged, and the relay sends it later). Committed synchronously, unlike the worker's start: with both lost to a
-# crash of PostgreSQL, a running job would read `pending` again, and the relay would
-# publish a second copy while the first still runs.
+# (a rate limit's deferral: its copy was acknowledged, and the relay sends it later).
+# A deferral comes after its copy was sent, so it is due after the publish began ($4),
+# however late the mark; a job the relay sent was due before. Committed
+# synchronously, unlike the worker's start: with both lost to a crash of PostgreSQL,
+# a running job would read `pending` again, and the relay would publish a second
+# copy while the first still runs.
 _MARK_QUEUED = Statement(
     "jobs_mark_queued",
-    "timestamptz, text[], integer",
+    "timestamptz, text[], integer, timestamptz",
     f"WITH moved AS (UPDATE {_TABLE} SET state = '{JobState.QUEUED}', queued_at = $1 "
     f"WHERE id = ANY($2::uuid[]) AND {_IS_WAITING_BY_ID} AND attempts = $3 "
-    f"AND (run_after IS NULL OR run_after <= $1) RETURNING 1) "
+    f"AND (run_after IS NULL OR run_after <= $4) RETURNING 1) "
     f"SELECT count(*) FROM moved",
 )
 assert {JobState.PENDING, JobState.RETRYING} <= set(sources_of(JobState.QUEUED))  # the table allows it
 
 
-def mark_queued(job_ids: Iterable[uuid.UUID | str], attempts: int) -> int:
-    """Moves the given jobs from `pending` or due `retrying` (at `attempts`) to `queued`;
+def mark_queued(job_ids: Iterable[uuid.UUID | str], attempts: int, published_since: datetime.datetime) -> int:
+    """Moves the given jobs from `pending` or due `retrying` (at `attempts`) to `queued`,
+    unless a worker deferred one since `published_since` (when their publish began);
     returns how many moved."""
     ids = [str(job_id) for job_id in job_ids]
-    return _MARK_QUEUED.fetchone([timezone.now(), ids, attempts])[0]
+    return _MARK_QUEUED.fetchone([timezone.now(), ids, attempts, published_since])[0]
 
 
 class BackgroundMarks:
@@ -292,10 +302,12 @@ class BackgroundMarks:
         self.cursor = self.conn.cursor()
         self.busy = False
 
-    def mark(self, job_ids: Iterable[uuid.UUID | str], attempts: int) -> None:
+    def mark(
+        self, job_ids: Iterable[uuid.UUID | str], attempts: int, published_since: datetime.datetime
+    ) -> None:
         """Sends mark_queued's statement (unprepared: one per chunk) and returns at once."""
         self._finish()
-        params = [timezone.now(), [str(i) for i in job_ids], attempts]
+        params = [timezone.now(), [str(i) for i in job_ids], attempts, published_since]
         self.cursor.execute(_MARK_QUEUED.plain_sql, _MARK_QUEUED.named(params))
         self.busy = True
 

@@ -29,6 +29,7 @@ from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 from django.db import connection as db_connection
 from django.db import transaction
+from django.utils import timezone
 
 from jobs import frames, ledger, topology
 from jobs.models import Job
@@ -395,12 +396,18 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
     if not jobs or (broker_marked_down() and not force):
         return []
     timeout = settings.JOBS_PUBLISH_TIMEOUT_SECONDS
+    # Before the first send: a worker that defers one of these jobs does so later.
+    began = timezone.now()
     published: list[Job] = []
     in_flight: collections.deque = collections.deque()  # (channel, chunk, tags, deadline)
     # A publish of several chunks marks them from a second connection while it sends;
     # not inside a transaction, whose row locks that connection would wait on.
     marks = _MarksOnTheSide() if len(jobs) > chunk_size and db_connection.get_autocommit() else None
-    mark_queued = marks.mark_jobs if marks else _mark_queued
+    mark_jobs = marks.mark_jobs if marks else _mark_queued
+
+    def mark_queued(confirmed: Sequence[Job]) -> None:
+        mark_jobs(confirmed, began)
+
     try:
         for start in range(0, len(jobs), chunk_size):
             chunk = jobs[start : start + chunk_size]
@@ -457,15 +464,15 @@ class _MarksOnTheSide:
             logger.warning("no second database connection to mark jobs queued (%s); marking inline", exc)
             self.marks = None
 
-    def mark_jobs(self, jobs: Sequence[Job]) -> None:
+    def mark_jobs(self, jobs: Sequence[Job], published_since) -> None:
         if self.marks is not None:
             try:
                 for attempts, ids in _by_attempts(jobs).items():
-                    self.marks.mark(ids, attempts)
+                    self.marks.mark(ids, attempts, published_since)
                 return
             except Exception as exc:  # noqa: BLE001
                 self._failed(exc)
-        _mark_queued(jobs)
+        _mark_queued(jobs, published_since)
 
     def close(self) -> None:
         if self.marks is not None:
@@ -517,10 +524,10 @@ def _by_attempts(jobs: Sequence[Job]) -> dict[int, list]:
     return groups
 
 
-def _mark_queued(jobs: Sequence[Job]) -> None:
+def _mark_queued(jobs: Sequence[Job], published_since) -> None:
     try:
         for attempts, ids in _by_attempts(jobs).items():
-            ledger.mark_queued(ids, attempts)
+            ledger.mark_queued(ids, attempts, published_since)
     except Exception as exc:  # noqa: BLE001 - the broker took them; only the mark is missing
         # They stay pending, and the relay sends them again; the worker side runs
         # each job once. Not a broker failure: later publishes go on. Inside a

@@ -9,7 +9,8 @@ goes by what it can see. A job is taken for lost when:
 
 - it has waited `JOBS_RESCUE_AFTER_SECONDS` in its state: queued that long ago (and
   due that long ago, and not looked at by the relay since), started that long ago,
-  or, retrying, due that long ago (the relay had it published, and it was lost);
+  or, retrying, due that long ago (a retry the relay has not published: the relay is
+  down, say);
 - its queue holds no ready message: a copy still waiting there would run it, and a
   backlog would make every old job look lost;
 - started, no run holds its lease: a long run still going keeps it;

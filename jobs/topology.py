@@ -116,9 +116,18 @@ def workload_queue_arguments(kind: QueueType | None = None) -> dict:
     }
 
 
+# Deliveries of one dead letter before a quorum dead-letter queue drops it: never, in
+# practice. It has no dead-letter exchange of its own, and RabbitMQ 4's default limit
+# (20) would drop a letter the keeper requeued that often (PostgreSQL away).
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
+
+
 def dead_letter_queue_arguments(kind: QueueType | None = None) -> dict:
     # No x-queue-mode: RabbitMQ 3.12+ ignores it and 4.3 refuses it.
-    return {"x-queue-type": str(kind or queue_type())}
+    kind = kind or queue_type()
+    if kind is QueueType.QUORUM:
+        return {"x-queue-type": "quorum", "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT}
+    return {"x-queue-type": "classic"}
 
 
 def workload_queues() -> list[Queue]:

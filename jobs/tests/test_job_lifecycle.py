@@ -361,8 +361,8 @@ def test_a_large_enqueue_many_marks_its_chunks_queued_from_the_side_connection(
     sent = []
     real_mark = ledger.BackgroundMarks.mark
 
-    def mark(self, ids, attempts):
-        real_mark(self, ids, attempts)
+    def mark(self, ids, attempts, published_since):
+        real_mark(self, ids, attempts, published_since)
         sent.append(len(ids))  # only once the statement went out on the side connection
 
     monkeypatch.setattr(ledger.BackgroundMarks, "mark", mark)

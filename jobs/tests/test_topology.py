@@ -56,7 +56,10 @@ def test_quorum_queues_have_a_delivery_limit_and_dead_letter_at_least_once(setti
             "x-overflow": "reject-publish",
             "x-delivery-limit": 7,
         }
-    assert topology.dead_letter_queue().queue_arguments == {"x-queue-type": "quorum"}
+    assert topology.dead_letter_queue().queue_arguments == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": topology.DEAD_LETTER_DELIVERY_LIMIT,
+    }
     settings.JOBS_QUEUE_TYPE = "stream"
     with pytest.raises(ValueError, match="JOBS_QUEUE_TYPE is 'stream'; use classic or quorum"):
         topology.workload_queues()

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.utils import timezone
 
 from jobs import ledger
 from jobs.base import backoff_seconds
@@ -131,13 +132,13 @@ def test_marking_jobs_queued_looks_them_up_by_primary_key_whatever_the_statistic
     # would scan every pending row: thousands of them after a broker outage.
     from django.db import connection
 
-    ledger.mark_queued(["00000000-0000-0000-0000-000000000000"], 0)  # prepares the statement
+    ledger.mark_queued(["00000000-0000-0000-0000-000000000000"], 0, timezone.now())  # prepares it
     with connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_generic_plan")
         cursor.execute("SET enable_seqscan = off")  # the test table is small: choose among indexes
         try:
             cursor.execute(
-                "EXPLAIN EXECUTE jobs_mark_queued(now(), ARRAY['00000000-0000-0000-0000-000000000000'], 0)"
+                "EXPLAIN EXECUTE jobs_mark_queued(now(), ARRAY['00000000-0000-0000-0000-000000000000'], 0, now())"
             )
             plan = "\n".join(row[0] for row in cursor.fetchall())
         finally:
@@ -159,14 +160,14 @@ def test_hot_path_plans_made_while_the_ledger_is_empty_stay_index_lookups():
         cursor.execute("SET plan_cache_mode = force_generic_plan")  # every EXECUTE uses the kept plan
     try:
         for row in rows:  # the platform's own calls make (and keep) the plans
-            assert ledger.mark_queued([row.id], 0) == 1
+            assert ledger.mark_queued([row.id], 0, timezone.now()) == 1
             lease = ledger.Lease(row.id)
             job = lease.take_and_start("celery@test")
             assert lease.succeed_and_release(job, None) == 1
         plans = {}
         with connection.cursor() as cursor:
             for name, args in [
-                ("jobs_mark_queued", "now(), ARRAY[%s], 0"),
+                ("jobs_mark_queued", "now(), ARRAY[%s], 0, now()"),
                 ("jobs_take_and_start", "1, now(), 'w', %s, ARRAY['queued'], true"),
                 ("jobs_succeed_and_release", "NULL, now(), %s, 1, 1"),
             ]:
@@ -318,7 +319,7 @@ def test_a_side_mark_that_gets_no_answer_gives_up_in_time(settings):
             cursor.execute("SELECT 1 FROM jobs_job WHERE id = %s FOR UPDATE", [str(job.id)])
         marks = ledger.BackgroundMarks()  # connected with the default timeout
         settings.JOBS_PUBLISH_TIMEOUT_SECONDS = 0.5
-        marks.mark([job.id], 0)
+        marks.mark([job.id], 0, timezone.now())
         started = time.monotonic()
         with pytest.raises((OperationalError, psycopg2.OperationalError), match="did not answer in time"):
             marks.close()
@@ -509,7 +510,7 @@ def test_chunks_left_on_a_channel_another_thread_closed_go_to_the_relay_and_spar
 
     opened = UnconfirmedChannel.opened
 
-    def another_thread_fails(jobs):
+    def another_thread_fails(jobs, published_since):
         publisher._drop_channel()  # what a failed publish in another thread does, marking the broker down
         publisher._broker_down_until = time.monotonic() + 60
         publisher._shared = UnconfirmedChannel(None)  # and a third thread has opened a new one since
