@@ -1,4 +1,4 @@
-.PHONY: run test lint format bench
+.PHONY: run test test-unit lint format bench
 
 # Brings the whole system up in the foreground: web, worker, beat, Flower, relay, mail catcher.
 run:
@@ -7,6 +7,14 @@ run:
 # Runs the whole test suite against the real services (what CI runs).
 test:
 	bin/test $(ARGS)
+
+# The tests that need no service at all (no database, broker, Redis or SMTP), in seconds.
+test-unit:
+	bin/bootstrap
+	bin/system-packages --test
+	DJANGO_SETTINGS_MODULE=project.settings \
+	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-test-only-secret-key-not-for-production} \
+	.venv/bin/python -m pytest -m unit $(ARGS)
 
 lint:
 	.venv/bin/ruff check .

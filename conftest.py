@@ -117,7 +117,14 @@ def smtp(smtp_server):
     return smtp_server.handler
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
+def _services_unless_a_unit_test(request):
+    """Every test but a `unit` one gets the run's services (`platform`), set up once."""
+    if request.node.get_closest_marker("unit") is None:
+        request.getfixturevalue("platform")
+
+
+@pytest.fixture(scope="session")
 def platform(broker_url, media_root, smtp_server, django_db_setup, django_db_blocker):
     """Points this process's Celery app and cache at the run's vhost and key prefix."""
     from django.test.utils import override_settings
@@ -310,10 +317,23 @@ _BROKER_FIXTURES = {
 }  # fmt: skip
 
 
+# Fixtures that need a service: a test that uses none of them, and no database, is a
+# `unit` test, run with no service at all (`make test-unit`).
+_SERVICE_FIXTURES = _BROKER_FIXTURES | {
+    "platform", "broker_url", "smtp", "smtp_server", "client", "admin_client", "admin_user", "live_server",
+    "db", "transactional_db", "django_db_setup", "dead_letters", "media_root",
+    "reliability", "no_relay",
+}  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("broker") is None and _BROKER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.broker)
+        services = _SERVICE_FIXTURES & fixtures or item.get_closest_marker("broker")
+        if not services and item.get_closest_marker("django_db") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 # -- the fault suite's report (docs/reliability.md) ------------------------------------

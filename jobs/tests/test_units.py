@@ -471,6 +471,7 @@ def test_a_broker_that_answers_nothing_after_the_handshake_fails_the_publish_in_
     assert publisher.broker_marked_down() and publisher._shared is None
 
 
+@pytest.mark.broker  # a real connection to the broker under test
 def test_closing_a_publisher_connection_waits_at_most_half_a_second_for_the_broker():
     """The publisher closes a failed connection with the publisher held; over TLS the
     socket's unwrap waits for the broker, so the socket gets a short timeout first
