@@ -21,6 +21,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from jobs import ledger, services, task_message, topology
+from jobs.app import celery_app
 from jobs.base import ended_dead
 from jobs.models import DeadLetter, DeadLetterState, Job, JobState
 from jobs.storable import unstorable_text
@@ -110,8 +111,7 @@ def _explain(headers: dict, properties: dict, body: bytes, reason: str, job: Job
     refused = task_message.refusal(headers, payload)
     if refused:
         return f"Refused by the worker: {refused}"
-    from project.celery import app
-
+    app = celery_app()
     if task not in app.tasks:
         return f"No job is registered as {task!r} on the workers."
     return f"Dead-lettered by RabbitMQ ({reason or 'no reason given'})."
@@ -236,8 +236,7 @@ def replay(dead_letter_id: int, by: str) -> DeadLetter:
 def _republish_raw(letter: DeadLetter) -> None:
     from kombu import Producer
 
-    from project.celery import app
-
+    app = celery_app()
     body = base64.b64decode(letter.body) if letter.body_encoding == "base64" else letter.body.encode()
     headers = {k: v for k, v in (letter.headers or {}).items() if k not in _DEATH_HEADERS}
     props = letter.properties or {}
@@ -291,7 +290,7 @@ def run_keeper(stop=lambda: False, prefetch: int = 20) -> None:
     """Consumes the dead-letter queue into DeadLetter rows until `stop()` is true."""
     from kombu import Consumer
 
-    from project.celery import app
+    app = celery_app()
 
     def on_message(message) -> None:
         body = message.body

@@ -33,6 +33,7 @@ from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskEr
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from django_tasks.signals import task_enqueued, task_finished, task_started
 
+from jobs.app import celery_app
 from jobs.base import JobTask, PermanentJobError
 from jobs.models import Job, JobState
 from jobs.topology import WORKLOAD_QUEUES, PriorityClass
@@ -116,8 +117,7 @@ class LedgerBackend(BaseTaskBackend):
 
     def celery_task(self, task: Task):
         """The Celery task that runs `task` on workers, registered on first use."""
-        from project.celery import app
-
+        app = celery_app()
         name = task.module_path
         registered = app._tasks.get(name)
         if registered is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from django.db import transaction
 
+from jobs.app import celery_app
 from jobs.models import Event, Job
 
 _subscribers: dict[str, list[str]] = {}
@@ -39,8 +40,7 @@ def subscribe(event_name: str) -> Callable:
 
 
 def subscribers(event_name: str) -> list[str]:
-    from project.celery import app
-
+    app = celery_app()
     app.loader.import_default_modules()
     return list(_subscribers.get(event_name, []))
 

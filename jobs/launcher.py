@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.forms.fields import InvalidJSONInput
 
+from jobs.app import celery_app
 from jobs.models import Job, JobLaunch
 from jobs.services import EnqueueError, enqueue, resolve_task
 from jobs.storable import unstorable_text
@@ -34,8 +35,7 @@ def launchable_tasks() -> list[str]:
     Leave out the platform's internals (the relay), event subscribers (they expect an
     event the launcher cannot make) and jobs that need a record a service creates first.
     """
-    from project.celery import app
-
+    app = celery_app()
     app.loader.import_default_modules()
     return sorted(name for name, task in app.tasks.items() if getattr(task, "launchable", False) is True)
 

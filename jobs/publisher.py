@@ -32,6 +32,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import frames, ledger, topology
+from jobs.app import celery_app
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,6 @@ logger = logging.getLogger(__name__)
 # Seconds this process leaves publishing to the relay after a failed publish.
 BROKER_DOWN_BACKOFF = 3.0
 _broker_down_until = 0.0
-
-
-def _celery_app():
-    from project.celery import app
-
-    return app
 
 
 def broker_marked_down() -> bool:
@@ -71,7 +66,7 @@ class _ConfirmChannel:
     """
 
     def __init__(self, timeout: float):
-        app = _celery_app()
+        app = celery_app()
         # No heartbeats: nothing would send them while the process is idle, and the
         # broker would close the connection; a dead one is detected on next use.
         self.connection = app.connection_for_write(heartbeat=0)

@@ -10,6 +10,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from jobs import topology
+from jobs.app import celery_app
 from jobs.models import DeadLetter, DeadLetterState, Job
 
 # Histogram buckets, in seconds, for enqueue-to-start latency and run time.
@@ -28,8 +29,7 @@ def queue_depths(timeout: float = 2.0) -> dict[str, int | None] | None:
     """
     import amqp
 
-    from project.celery import app
-
+    app = celery_app()
     try:
         with app.connection_for_read(connect_timeout=timeout) as conn:
             conn.ensure_connection(max_retries=1)

@@ -18,6 +18,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from jobs import ledger
+from jobs.app import celery_app
 from jobs.models import ACTIVE_STATES, Job, JobState
 from jobs.publisher import publish_jobs
 from jobs.storable import find_unstorable, unstorable_text
@@ -28,15 +29,9 @@ class EnqueueError(ValueError):
     """A job that cannot be enqueued; the message says why and what to do."""
 
 
-def _celery_app():
-    from project.celery import app
-
-    return app
-
-
 def resolve_task(task: Task | str) -> Task:
     """Returns the registered task for a task object or its name."""
-    app = _celery_app()
+    app = celery_app()
     name = task if isinstance(task, str) else getattr(task, "name", None)
     if not name:
         raise EnqueueError(f"{task!r} is not a job: pass a task or a registered task name.")

@@ -1,20 +1,13 @@
 """Jobs of the platform itself."""
 
 import redis.exceptions
+from celery import shared_task
 
 from jobs import cache as job_cache
-from jobs.relay import relay_until_drained
 from jobs.topology import Workload
-from project.celery import app
 
 
-@app.task(name="jobs.relay_pending_jobs")
-def relay_pending_jobs() -> int:
-    """Publishes due pending jobs; a backstop for the long-running relay."""
-    return relay_until_drained()
-
-
-@app.task(
+@shared_task(
     name="jobs.invalidate_cache",
     queue=Workload.CACHE,
     transient_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),

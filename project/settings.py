@@ -236,6 +236,8 @@ CELERY_TASK_ANNOTATIONS = {
 TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
 
 # --- The platform (jobs/) -----------------------------------------------------------
+# The Celery app the platform uses (jobs.app); unset, Celery's current app.
+JOBS_CELERY_APP = "project.celery:app"
 # A job whose worker died during this many of its runs is dead-lettered as poison.
 JOBS_MAX_LOST_RUNS = env.int("JOBS_MAX_LOST_RUNS", default=3)
 # classic (one node) or quorum (a cluster): see jobs/topology.py. Changing it makes the

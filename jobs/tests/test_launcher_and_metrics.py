@@ -132,12 +132,12 @@ def test_launcher_offers_and_accepts_only_jobs_that_opt_in(client):
 
     assert {"invoices.generate_pdf", "emails.send_overdue_reminders", "jobs.invalidate_cache"} <= offered
     assert {"tests.record", "tests.limited"} <= offered
-    internal = {"jobs.relay_pending_jobs", "emails.send", "emails.on_invoice_issued", "tests.subscriber_ok",
+    internal = {"emails.send", "emails.on_invoice_issued", "tests.subscriber_ok",
                 "invoices.on_issued.generate_pdf", "invoices.on_issued.refresh_lists", "bench.noop"}  # fmt: skip
     assert not offered & internal
     assert offered == set(launcher.launchable_tasks())
 
-    for task in ["jobs.relay_pending_jobs", "tests.subscriber_ok", "celery.backend_cleanup", "no.such.job"]:
+    for task in ["emails.send", "tests.subscriber_ok", "celery.backend_cleanup", "no.such.job"]:
         response = _launch(client, task)
         assert response.status_code == 400, task
         assert f"Job &#x27;{task}&#x27; cannot be launched from the admin" in response.content.decode()

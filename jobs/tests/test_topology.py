@@ -15,7 +15,6 @@ REGISTERED_JOBS = {
     "invoices.on_issued.generate_pdf": "invoices",
     "invoices.on_issued.refresh_lists": "cache",
     "jobs.invalidate_cache": "cache",
-    "jobs.relay_pending_jobs": "default",
 }
 
 

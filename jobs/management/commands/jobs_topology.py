@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs import topology
+from jobs.app import celery_app
 
 
 class Command(BaseCommand):
@@ -30,8 +31,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, recreate: list[str], fix: bool, **options):
-        from project.celery import app
-
+        app = celery_app()
         try:
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1)
