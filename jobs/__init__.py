@@ -1,7 +1,13 @@
 """The job platform: ledger, transactional enqueue, relay, dead letters.
 
-`jobs.enqueue(...)` is the front door; see jobs.services for what it promises.
+`jobs.enqueue(...)` is the front door; see jobs.services for what it promises. A
+task body raises `jobs.TransientJobError` to ask for a retry, `jobs.PermanentJobError`
+to end its job dead at once.
 """
+
+from jobs.errors import PermanentJobError, TransientJobError
+
+__all__ = ["PermanentJobError", "TransientJobError", "enqueue", "enqueue_many", "publish", "subscribe"]
 
 
 def enqueue(task, *args, **kwargs):

@@ -51,6 +51,18 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [f for fs in self.fieldsets for f in fs[1]["fields"]]
 
+    # The ledger owns every write of a job (jobs.ledger): the page only shows it, and
+    # its actions go through jobs.services. Old jobs go with `manage.py prune_jobs`.
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        pass
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False}
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
@@ -96,37 +108,11 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     def dashboard_view(self, request):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        throughput = selectors.throughput_last_hour()
-        peak = max((ok + dead for _, ok, dead in throughput), default=0) or 1
-        bars = [
-            {"x": i * 10, "ok": ok, "dead": dead, "h_ok": 100 * ok / peak, "h_dead": 100 * dead / peak,
-             "label": minute.strftime("%H:%M")}
-            for i, (minute, ok, dead) in enumerate(throughput)
-        ]  # fmt: skip
-        starts = {h.task: h for h in selectors.enqueue_to_start_histograms()}
-        runs = {h.task: h for h in selectors.run_time_histograms()}
-        latency = [
-            {
-                "task": task,
-                "count": runs[task].count if task in runs else 0,
-                "start_p50": selectors.percentile(starts[task], 0.5) if task in starts else None,
-                "start_p95": selectors.percentile(starts[task], 0.95) if task in starts else None,
-                "run_p50": selectors.percentile(runs[task], 0.5) if task in runs else None,
-                "run_p95": selectors.percentile(runs[task], 0.95) if task in runs else None,
-            }
-            for task in sorted(set(starts) | set(runs))
-        ]
         context = {
             **self.admin_site.each_context(request),
             "title": "Jobs dashboard",
             "opts": self.model._meta,
-            "by_state": selectors.jobs_by_state_and_queue(),
-            "depths": selectors.queue_depths(),
-            "dead_letters": selectors.open_dead_letters(),
-            "rescued": selectors.rescued_since(24),
-            "latency": latency,
-            "bars": bars,
-            "finished_last_hour": sum(ok + dead for _, ok, dead in throughput),
+            **selectors.dashboard(),
         }
         return TemplateResponse(request, "admin/jobs/job/dashboard.html", context)
 

@@ -1,42 +1,30 @@
-"""The one base class of every job: ledger, lease, retries, poison cap, logging.
+"""The one base class of every job: a Celery adapter that calls the ledger once before
+the body and once after.
 
 A task body stays a few lines (unpack ids, call a service); everything that every
 job needs happens here, around it. The Celery app uses this class for every task
-(`Celery(task_cls="jobs.base:JobTask")`).
+(`Celery(task_cls="jobs.base:JobTask")`). One delivery of a job's message:
 
-What happens to one delivery of a job's message:
+1. Over a rate limit (jobs.ratelimit)? The job waits in the ledger until the limit
+   allows it, and this copy is acknowledged.
+2. Admit (jobs.ledger.admit): take the job's lease and start the job. Or skip this
+   copy (another copy runs, the job finished, a retry's copy came early), or end a
+   job whose worker died during too many runs `dead` as poison.
+3. Run the body.
+4. End the run (jobs.ledger.end_run): `succeeded`; `retrying` until its backoff's
+   end (the task's RetryPolicy, jobs.retry), when the relay publishes it again; or
+   `dead`, and the raised error makes Celery reject the message into the
+   dead-letter queue. Every way a job ends dead runs the task's `on_dead` hook.
 
-No copy of a message waits inside a worker: whatever must wait (a retry's
-backoff, a rate limit's delay, a busy lease) is written to the ledger and the copy
-is acknowledged; the relay (jobs.relay) publishes the job when it is due.
-
-0. Over a rate limit? The job waits in the ledger until the limit allows it.
-1. Take the job's lease (jobs.ledger.Lease) and, in the same round trip, start the
-   job if it is waiting. Held elsewhere? Another copy runs right now: ack this
-   one, and the relay looks again soon whether that run is still alive.
-2. Read the ledger row (a message the ledger never saw, from beat or `.delay()`,
-   gets a row now). Finished already (a redelivery or a duplicate publish)? Ack,
-   run nothing. Retrying, and its backoff not over (a duplicate copy)? Ack it: the
-   relay publishes the retry when it is due.
-3. Still `started` although the lease was free? The run before this one died with
-   its worker. Count it; at JOBS_MAX_LOST_RUNS, the job is `dead` and the message
-   is rejected into the dead-letter queue instead of killing another worker.
-4. Mark `started`, attempts + 1, run the task body.
-5. Success: `succeeded`. A declared transient error: `retrying` until the backoff's
-   end (`run_after`, exponential backoff with jitter), when the relay publishes it
-   again. `self.retry()` in a body does the same. Anything else, or
-   retries exhausted, or the soft time limit: `dead`, and the raised error makes
-   Celery reject the message into the dead-letter queue.
+No copy of a message waits inside a worker: whatever must wait is written to the
+ledger and the copy is acknowledged. docs/architecture.md tells the whole flow.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import random
 import time
-import traceback
 
 from celery import Task
 from celery.exceptions import (
@@ -49,35 +37,16 @@ from celery.exceptions import (
 )
 from celery.utils.time import maybe_make_aware
 from django.conf import settings
-from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection
-from django.db.models import F
+from django.db import DatabaseError, InterfaceError, connection
 from django.utils import timezone
 
 from jobs import ledger, ratelimit
-from jobs.models import FINISHED_STATES, Job, JobState
+from jobs import retry as retries
+from jobs.errors import describe
+from jobs.models import Job, JobState
 from jobs.topology import PriorityClass, Workload
 
 logger = logging.getLogger("jobs")
-
-
-class TransientJobError(Exception):
-    """Raise from a task body to ask for a retry with backoff, whatever the task declares."""
-
-
-class PermanentJobError(Exception):
-    """Raise from a task body to end the job `dead` at once, with this message as its error."""
-
-
-def backoff_seconds(retry_number: int, base: float, maximum: float, jitter: bool = True) -> float:
-    """Exponential backoff (base * 2^n, capped at maximum), with "equal jitter".
-
-    Half the delay is fixed and half random, so a burst of failures spreads out
-    without a retry ever coming back at once.
-    """
-    delay = min(maximum, base * (2 ** max(retry_number, 0)))
-    if not jitter:
-        return delay
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 class JobTask(Task):
@@ -85,18 +54,21 @@ class JobTask(Task):
 
     queue: its workload queue (jobs.topology.Workload).
     priority_class: its default priority class; enqueue may override.
-    transient_errors: exception types that are retried with backoff.
-    max_retries, retry_backoff, retry_backoff_max, retry_jitter: the retry policy.
+    retry_policy: a jobs.retry.RetryPolicy; without one, made from Celery's options
+        max_retries, retry_backoff, retry_backoff_max, retry_jitter, and from
+        transient_errors (exception types that are retried with backoff).
     global_rate_limit: at most that many starts per period across every worker;
         jobs over it are delayed to the next period (JOBS_QUEUE_RATE_LIMITS does the
         same per queue).
+    launchable: offered by the admin's job launcher (jobs.launcher).
     """
 
     queue: str = Workload.DEFAULT.value
     priority_class: PriorityClass = PriorityClass.NORMAL
+    retry_policy: retries.RetryPolicy | None = None
     transient_errors: tuple[type[BaseException], ...] = ()
     global_rate_limit: str | None = None  # "10/s", "300/m": across all workers (jobs.ratelimit)
-    launchable: bool = False  # offered by the admin's job launcher (jobs.launcher.launchable_tasks)
+    launchable: bool = False
     max_retries = 5
     retry_backoff: float = 1.0
     retry_backoff_max: float = 600.0
@@ -110,23 +82,18 @@ class JobTask(Task):
         lease = ledger.Lease(job_id)
         try:
             self._respect_rate_limits(job_id)
-            # The hot path: one round trip takes the lease and starts a waiting job.
-            job = lease.take_and_start(request.hostname or "")
-            if not lease.held:
-                # Another copy runs right now. Should that run die without a message
-                # left to run it again, the relay's look at its lease sends a new one.
-                # Not started yet (the other copy is deciding, or ending a run): the
-                # job waits in the ledger a little, and the relay sends it then.
-                busy = settings.JOBS_LEASE_BUSY_RETRY_SECONDS
-                if not ledger.recheck_lease_later(job_id, busy):
-                    ledger.defer(job_id, timezone.now() + datetime.timedelta(seconds=busy))
-                self._log(job_id, "lease busy; another copy is running, acknowledged")
+            admitted = ledger.admit(lease, request.hostname or "", lambda: self._row_of_unknown(args, kwargs))
+            if isinstance(admitted, ledger.Skip):
+                self._log(job_id, admitted.reason)
                 raise Ignore()
-            if job is None:
-                job = self._begin(job_id, args, kwargs)
-                if job is None:
-                    raise Ignore()
-            return self._run_and_record(job, args, kwargs, lease)
+            if isinstance(admitted, ledger.Poison):
+                logger.error(
+                    "job=%s task=%s state=dead reason=poison lost_runs=%d",
+                    job_id, self.name, admitted.job.lost_runs,
+                )  # fmt: skip
+                self._call_on_dead(admitted.job, admitted.error)
+                raise Reject(admitted.error, requeue=False)
+            return self._run(admitted, args, kwargs)
         except (DatabaseError, InterfaceError) as exc:
             # The ledger is unreachable: keep the message in RabbitMQ and try again,
             # once the ledger answers (or after a while), so that an outage costs each
@@ -143,66 +110,96 @@ class JobTask(Task):
             # a lock, a bug) makes Celery reject the message into the dead-letter
             # queue: the ledger must say dead too, or the job would look alive forever.
             if not getattr(exc, "_jobs_recorded", False):
-                self._force_dead(job_id, exc)
+                self._end_outside_the_body(job_id, exc)
             raise
         finally:
             lease.release()
 
-    # -- phases ---------------------------------------------------------------------
-
-    def _begin(self, job_id: str, args, kwargs) -> Job | None:
-        """The slow path, under the lease: a finished job (skip), a run lost with its
-        worker (count it, maybe dead-letter it), a message the ledger never saw."""
-        job = self._ledger_row(job_id, args, kwargs)
-        if job.state in FINISHED_STATES:
-            self._log(job_id, f"already {job.state}; acknowledged without running")
-            return None
-        wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
-        if job.state == JobState.RETRYING and wait > 0:
-            # Another copy of its message, come before the retry's backoff ended.
-            self._log(job_id, f"a copy came {wait:.2f}s before the retry is due; the relay sends it then")
-            return None
-        if job.state == JobState.STARTED:
-            lost = job.lost_runs + 1
-            if lost >= settings.JOBS_MAX_LOST_RUNS:
-                error = (
-                    f"Its worker died during {lost} runs (JOBS_MAX_LOST_RUNS is "
-                    f"{settings.JOBS_MAX_LOST_RUNS}); dead-lettered as poison."
-                )
-                ledger.transition(
-                    job_id,
-                    JobState.DEAD,
-                    lost_runs=lost,
-                    last_error=error,
-                    last_traceback="",
-                    finished_at=timezone.now(),
-                )
-                logger.error("job=%s task=%s state=dead reason=poison lost_runs=%d", job_id, self.name, lost)
-                self._call_on_dead(job, error)
-                raise Reject(error, requeue=False)
-            if not Job.objects.filter(pk=job_id, state=JobState.STARTED, attempts=job.attempts).update(
-                lost_runs=lost
-            ):
-                return None  # it moved meanwhile (finished by the run we thought lost)
-            logger.warning(
-                "job=%s task=%s previous run died with its worker; running again", job_id, self.name
-            )
-        started_at = timezone.now()
-        moved = ledger.transition(
-            job_id,
-            JobState.STARTED,
-            attempts=F("attempts") + 1,
-            started_at=started_at,
-            finished_at=None,
-            worker=self.request.hostname or "",
+    @property
+    def policy(self) -> retries.RetryPolicy:
+        """This task's retry policy (see the class's docstring)."""
+        if self.retry_policy is not None:
+            return self.retry_policy
+        return retries.RetryPolicy(
+            max_retries=self.max_retries,
+            backoff=self.retry_backoff,
+            backoff_max=self.retry_backoff_max,
+            jitter=self.retry_jitter,
+            transient_errors=tuple(self.transient_errors),
         )
-        if not moved:
-            # Cancelled (or finished) between the read and the update.
-            return None
-        # What the UPDATE just wrote, without reading the row again: under the lease
-        # nothing else writes these fields.
-        job.state, job.attempts, job.started_at = JobState.STARTED, job.attempts + 1, started_at
-        return job
+
+    # -- the run ------------------------------------------------------------------
+
+    def _run(self, run: ledger.Run, args, kwargs):
+        """Runs the body and ends the run in the ledger, as its outcome says."""
+        job, started = run.job, time.monotonic()
+        # The count lives in the ledger: every copy the relay sends says retries=0.
+        self.request.retries = job.retries
+        try:
+            result = self.run(*args, **kwargs)
+        except Retry as exc:
+            # The task body called self.retry() (see `retry`): nothing was sent, and
+            # the ledger schedules the retry like any other.
+            cause = exc.exc or exc
+            if not self.policy.may_retry(job.retries, getattr(exc, "_jobs_max_retries", None)):
+                if cause is exc:
+                    cause = MaxRetriesExceededError(f"{self.name} retried itself too often")
+                self._end_dead(run, cause, started, "retries exhausted")
+                raise cause from None
+            countdown = _seconds_until(exc.when, self.app.timezone)
+            if countdown is None:
+                countdown = float(self.default_retry_delay or 0)
+            self._end_retrying(run, cause, started, countdown)
+            raise
+        except SoftTimeLimitExceeded as exc:
+            self._end_dead(run, exc, started, "soft time limit exceeded")
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is classified here
+            verdict = self.policy.verdict(exc, job.retries)
+            if isinstance(verdict, retries.Retry):
+                self._end_retrying(run, exc, started, verdict.countdown)
+                raise Retry(exc=exc, when=verdict.countdown) from exc
+            self._end_dead(run, exc, started, verdict.reason)
+            if isinstance(exc, (DatabaseError, InterfaceError)):
+                # Not "the ledger is unavailable": the job failed, and its message
+                # goes to the dead-letter queue like any failure.
+                raise Reject(describe(exc), requeue=False) from exc
+            raise
+        ledger.end_run(run, JobState.SUCCEEDED, result=result)
+        self._log(job.id, "succeeded", started=started, attempt=job.attempts)
+        return result
+
+    def _end_retrying(self, run: ledger.Run, exc: BaseException, started: float, countdown: float) -> None:
+        ledger.end_run(run, JobState.RETRYING, error=exc, countdown=countdown)
+        logger.warning(
+            "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s next_in_s=%.2f",
+            run.job.id, self.name, run.job.attempts, (time.monotonic() - started) * 1000, describe(exc),
+            countdown,
+        )  # fmt: skip
+
+    def _end_dead(self, run: ledger.Run, exc: BaseException, started: float, reason: str) -> None:
+        ledger.end_run(run, JobState.DEAD, error=exc)
+        exc._jobs_recorded = True  # the outer handler must not write this run's end again
+        logger.error(
+            "job=%s task=%s attempt=%d state=dead reason=%s duration_ms=%.1f error=%s",
+            run.job.id, self.name, run.job.attempts, reason, (time.monotonic() - started) * 1000, describe(exc),
+        )  # fmt: skip
+        self._call_on_dead(run.job, describe(exc))
+
+    def _end_outside_the_body(self, job_id, exc: BaseException) -> None:
+        try:
+            job = ledger.end_outside_a_run(job_id, exc)
+        except Exception:  # noqa: BLE001 - the original error matters more
+            logger.exception("job=%s task=%s could not be marked dead", job_id, self.name)
+            return
+        if job is not None:
+            logger.error(
+                "job=%s task=%s state=dead reason=error outside the task body error=%s",
+                job_id, self.name, describe(exc),
+            )  # fmt: skip
+            self._call_on_dead(job, describe(exc))
+
+    # -- before the run -----------------------------------------------------------
 
     def _respect_rate_limits(self, job_id) -> None:
         limits = [(f"task:{self.name}", self.global_rate_limit)]
@@ -220,202 +217,18 @@ class JobTask(Task):
                     raise Ignore()
                 return
 
-    def _ledger_row(self, job_id: str, args, kwargs) -> Job:
+    def _row_of_unknown(self, args, kwargs) -> dict:
+        """The ledger row of a message the ledger never saw (from beat or `.delay()`)."""
         delivery = self.request.delivery_info or {}
-        job, _ = Job.objects.get_or_create(
-            pk=job_id,
-            defaults={
-                "task_name": self.name,
-                "args": list(args),
-                "kwargs": dict(kwargs),
-                "queue": delivery.get("routing_key") or self.queue,
-                "priority": delivery.get("priority") or self.priority_class.value,
-                "state": JobState.QUEUED,
-                "queued_at": timezone.now(),
-            },
-        )
-        return job
+        return {
+            "task_name": self.name,
+            "args": args,
+            "kwargs": kwargs,
+            "queue": delivery.get("routing_key") or self.queue,
+            "priority": delivery.get("priority") or self.priority_class.value,
+        }
 
-    def _run_and_record(self, job: Job, args, kwargs, lease: ledger.Lease):
-        started = time.monotonic()
-        # The count lives in the ledger: every copy the relay sends says retries=0.
-        self.request.retries = job.retries
-        try:
-            result = self.run(*args, **kwargs)
-        except Retry as exc:
-            # The task body called self.retry() (see `retry`): nothing was sent, and
-            # the ledger schedules the retry like any other.
-            cause = exc.exc or exc
-            limit = getattr(exc, "_jobs_max_retries", None)
-            limit = self.max_retries if limit is None else limit
-            if limit is not None and job.retries >= limit:
-                dead = (
-                    cause
-                    if cause is not exc
-                    else MaxRetriesExceededError(f"{self.name} retried itself too often")
-                )
-                self._record_dead(job, dead, started, reason="retries exhausted")
-                dead._jobs_recorded = True
-                raise dead from None
-            countdown = _seconds_until(exc.when, self.app.timezone)
-            if countdown is None:
-                countdown = float(self.default_retry_delay or 0)
-            self._record_retry(job, cause, started, countdown=countdown)
-            raise
-        except SoftTimeLimitExceeded as exc:
-            self._record_dead(job, exc, started, reason="soft time limit exceeded")
-            exc._jobs_recorded = True
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is classified here
-            # A lost database connection inside the body is transient for every job:
-            # the next attempt reconnects.
-            retryable = isinstance(
-                exc, (TransientJobError, OperationalError, InterfaceError, *self.transient_errors)
-            ) and not isinstance(exc, PermanentJobError)
-            # The count lives in the ledger, not the message: a copy re-sent by the
-            # relay or a duplicate cannot start it again from zero.
-            if retryable and job.retries < self.max_retries:
-                countdown = backoff_seconds(
-                    job.retries, self.retry_backoff, self.retry_backoff_max, self.retry_jitter
-                )
-                self._record_retry(job, exc, started, countdown=countdown)
-                raise Retry(exc=exc, when=countdown) from exc
-            reason = "retries exhausted" if retryable else "permanent error"
-            self._record_dead(job, exc, started, reason=reason)
-            exc._jobs_recorded = True  # the outer handler must not write this run's end again
-            if isinstance(exc, (DatabaseError, InterfaceError)):
-                # Not "the ledger is unavailable": the job failed, and its message
-                # goes to the dead-letter queue like any failure.
-                raise Reject(f"{_describe(exc)}", requeue=False) from exc
-            raise
-        try:
-            moved = lease.succeed_and_release(job, _json_or_none(result))
-        except DataError:
-            # The result could not be stored; the job's success matters more.
-            moved = lease.succeed_and_release(job, None)
-        except (OperationalError, InterfaceError):
-            # The connection died with the lease on it; record the outcome on a new one.
-            connection.close()
-            moved = 0
-        if not moved:
-            # Not the running attempt as the row reads: its start may have been lost
-            # with a crash of PostgreSQL (see _write_outcome), or a newer attempt
-            # owns the row, which _write_outcome then leaves alone.
-            self._write_outcome(
-                job, JobState.SUCCEEDED, result=_json_or_none(result), finished_at=timezone.now()
-            )
-        self._log(job.id, "succeeded", started=started, attempt=job.attempts)
-        return result
-
-    def _end_run(self, job: Job, target: JobState, exc: BaseException, **fields) -> None:
-        """Writes this run's failure (only if it is still the running attempt)."""
-        self._write_outcome(job, target, **_error_fields(exc), **fields)
-
-    def _write_outcome(self, job: Job, target: JobState, **fields) -> int:
-        """Ends this run in the ledger, if it is still the running attempt.
-
-        The start was committed asynchronously (jobs.ledger.Lease): if PostgreSQL
-        itself crashed during the run, the row may read as still waiting, one attempt
-        behind. Then the start is written again first, so the outcome of a run that
-        did happen is not lost.
-        """
-        moved = self._write_ledger(
-            job.id, target, only_from=[JobState.STARTED], where={"attempts": job.attempts}, **fields
-        )
-        if moved:
-            return moved
-        restarted = self._write_ledger(
-            job.id,
-            JobState.STARTED,
-            only_from=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING],
-            where={"attempts": job.attempts - 1},
-            attempts=job.attempts,
-            started_at=job.started_at or timezone.now(),
-            worker=self.request.hostname or "",
-        )
-        if not restarted:
-            return 0  # another attempt owns the row now: this run's outcome is stale
-        logger.warning(
-            "job=%s task=%s its start was lost with a database crash; written again", job.id, self.name
-        )
-        return self._write_ledger(
-            job.id, target, only_from=[JobState.STARTED], where={"attempts": job.attempts}, **fields
-        )
-
-    def _record_retry(self, job: Job, exc: BaseException, started: float, countdown: float | None = None):
-        # With its backoff's end as `run_after`: the relay publishes the retry then, and
-        # no other copy of the job's message (a relay duplicate, a resend) starts the
-        # next attempt before.
-        due = None if countdown is None else timezone.now() + datetime.timedelta(seconds=countdown)
-        self._end_run(job, JobState.RETRYING, exc, retries=job.retries + 1, run_after=due)
-        try:
-            ledger.notify_due()
-        except (OperationalError, InterfaceError):
-            pass  # the relay's own pass finds the retry a little later
-        extra = f" next_in_s={countdown:.2f}" if countdown is not None else ""
-        logger.warning(
-            "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s%s",
-            job.id,
-            self.name,
-            job.attempts,
-            (time.monotonic() - started) * 1000,
-            _describe(exc),
-            extra,
-        )
-
-    def _record_dead(self, job: Job, exc: BaseException, started: float, reason: str):
-        self._end_run(job, JobState.DEAD, exc)
-        logger.error(
-            "job=%s task=%s attempt=%d state=dead reason=%s duration_ms=%.1f error=%s",
-            job.id,
-            self.name,
-            job.attempts,
-            reason,
-            (time.monotonic() - started) * 1000,
-            _describe(exc),
-        )
-        self._call_on_dead(job, _describe(exc))
-
-    def _write_ledger(self, job_id, target: JobState, **kwargs) -> int:
-        """ledger.transition, retried on a fresh connection if the database dropped ours.
-
-        The job's own work is done (or failed) at this point: losing its outcome to a
-        killed connection would make it run again.
-        """
-        for attempt, pause in enumerate((0.2, 0.5, 1.0, 2.0, 4.0, None)):
-            try:
-                return ledger.transition(job_id, target, **kwargs)
-            except (OperationalError, InterfaceError):
-                if pause is None:
-                    raise
-                logger.warning(
-                    "job=%s task=%s ledger write failed; reconnecting (%d)", job_id, self.name, attempt + 1
-                )
-                connection.close()
-                time.sleep(pause)
-        raise AssertionError("unreachable: the last pause is None")
-
-    def _force_dead(self, job_id, exc: BaseException) -> None:
-        try:
-            moved = ledger.transition(
-                job_id,
-                JobState.DEAD,
-                only_from=[JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING],
-                **_error_fields(exc),
-            )
-        except Exception:  # noqa: BLE001 - the original error matters more
-            logger.exception("job=%s task=%s could not be marked dead", job_id, self.name)
-            return
-        if moved:
-            logger.error(
-                "job=%s task=%s state=dead reason=error outside the task body error=%s",
-                job_id,
-                self.name,
-                _describe(exc),
-            )
-            job = Job.objects.filter(pk=job_id).first()
-            if job is not None:
-                self._call_on_dead(job, _describe(exc))
+    # -- hooks --------------------------------------------------------------------
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, **options):
         """Celery's `self.retry()`, kept in the ledger: nothing is published now; the job
@@ -489,35 +302,3 @@ def _seconds_until(when, tz) -> float | None:
     if isinstance(when, datetime.datetime):
         return max(0.0, (maybe_make_aware(when, tz) - timezone.now()).total_seconds())
     return float(when) if isinstance(when, (int, float)) else None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-
-
-def _error_fields(exc: BaseException) -> dict:
-    """What the ledger records of a run that ended in `exc`."""
-    return {
-        "last_error": _describe(exc),
-        "last_traceback": _traceback(exc),
-        "last_error_class": _class_path(exc),
-        "finished_at": timezone.now(),
-    }
-
-
-def _class_path(exc: BaseException) -> str:
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
-
-
-def _traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))[-20000:]
-
-
-def _json_or_none(value):
-    """The value if PostgreSQL's jsonb can store it (no NaN/Infinity, no NUL), else None."""
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return None
-    return None if "\\u0000" in text else value

@@ -34,7 +34,8 @@ from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from django_tasks.signals import task_enqueued, task_finished, task_started
 
 from jobs.app import celery_app
-from jobs.base import JobTask, PermanentJobError
+from jobs.base import JobTask
+from jobs.errors import PermanentJobError
 from jobs.models import Job, JobState
 from jobs.topology import WORKLOAD_QUEUES, PriorityClass
 
@@ -145,13 +146,12 @@ class LedgerBackend(BaseTaskBackend):
         if task.takes_context:  # the worker passes the context first
             signature = signature.replace(parameters=list(signature.parameters.values())[1:])
         try:
-            services._check_payload(celery_task, tuple(args), kwargs, signature)
+            job = services.enqueue_call(
+                celery_task, tuple(args), kwargs, priority=priority_class(task.priority), run_after=task.run_after,
+                signature=signature,
+            )  # fmt: skip
         except services.EnqueueError as exc:
             raise InvalidTaskError(str(exc)) from None
-        job = services._insert_and_publish(
-            celery_task, tuple(args), kwargs, priority_class(task.priority), task.queue_name, None, None,
-            task.run_after,
-        )  # fmt: skip
         result = self._result(task, job)
         task_enqueued.send(type(self), task_result=result)
         return result

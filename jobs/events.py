@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 from django.db import transaction
 
+from jobs import ledger
 from jobs.app import celery_app
-from jobs.models import Event, Job
+from jobs.models import Event
 
 _subscribers: dict[str, list[str]] = {}
 
@@ -62,5 +63,5 @@ def publish(event_name: str, payload: dict | None = None) -> Event:
         event = Event.objects.create(name=event_name, payload=payload)
         for task_name in subscribers(event_name):
             job = enqueue(task_name, event.id, payload, key=f"event:{event.id}:{task_name}")
-            Job.objects.filter(pk=job.id).update(event=event)
+            ledger.link_to_event([job.id], event)
     return event

@@ -19,27 +19,8 @@ class JobState(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-# Every allowed move of the ledger, written down once; jobs.ledger.transition
-# refuses anything else. Publishing and starting race (a worker may start a job
-# before the publisher marks it queued), hence PENDING -> STARTED. A run whose
-# worker died is started again, hence STARTED -> STARTED. An operator's retry of a
-# dead job is a new attempt of the same row: DEAD -> PENDING, through the outbox.
-# A retry waits in the ledger, not in a worker: the relay publishes it when due,
-# hence RETRYING -> QUEUED.
-ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    JobState.PENDING: frozenset({JobState.QUEUED, JobState.STARTED, JobState.CANCELLED, JobState.DEAD}),
-    JobState.QUEUED: frozenset({JobState.STARTED, JobState.CANCELLED, JobState.DEAD, JobState.PENDING}),
-    JobState.STARTED: frozenset(
-        {JobState.STARTED, JobState.SUCCEEDED, JobState.RETRYING, JobState.DEAD, JobState.PENDING}
-    ),
-    JobState.RETRYING: frozenset(
-        {JobState.QUEUED, JobState.STARTED, JobState.DEAD, JobState.CANCELLED, JobState.PENDING}
-    ),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.DEAD: frozenset({JobState.PENDING}),
-    JobState.CANCELLED: frozenset(),
-}
-
+# The allowed moves between these states, and every write of a job, are the
+# ledger's (jobs.ledger).
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 # States in which a job is "the same job" for a uniqueness key: waiting or running.
 ACTIVE_STATES = (JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING)

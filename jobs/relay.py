@@ -27,9 +27,9 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from jobs import ledger
+from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
-from jobs.publisher import publish_jobs
-from jobs.rescue import rescue_lost_jobs, without_a_live_run
+from jobs.rescue import rescue_lost_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def recheck_leases(batch_size: int = 500) -> int:
         return 0
     started = [job for job in looks if job.state == JobState.STARTED]
     ledger.end_lease_rechecks(job.id for job in looks if job.state != JobState.STARTED)
-    lost = without_a_live_run(started)
+    lost = ledger.without_a_live_run(started)
     lost_ids = {job.id for job in lost}
     again = now + datetime.timedelta(seconds=settings.JOBS_LEASE_BUSY_RETRY_SECONDS)
     ledger.recheck_leases_at((job.id for job in started if job.id not in lost_ids), again)

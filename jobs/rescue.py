@@ -33,14 +33,13 @@ import logging
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Case, F, Q, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from jobs import ledger, selectors, topology
+from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
-from jobs.publisher import publish_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def rescue_lost_jobs(
     found: dict[str, list[Job]] = {state: [] for state in _WAITING_SINCE}
     for job in old:
         found[job.state].append(job)
-    found[JobState.STARTED] = without_a_live_run(found[JobState.STARTED])
+    found[JobState.STARTED] = ledger.without_a_live_run(found[JobState.STARTED])
     if dry_run:
         rescue.lost = {state: [job.id for job in jobs] for state, jobs in found.items()}
         return rescue
@@ -120,22 +119,3 @@ def rescue_lost_jobs(
     if rescue.total or rescue.missing_queues:
         logger.warning("rescue: sent again the jobs whose messages looked lost: %s", rescue.describe())
     return rescue
-
-
-def without_a_live_run(jobs: list[Job]) -> list[Job]:
-    """The jobs whose lease no run holds, read from pg_locks without taking any lock.
-
-    A bigint advisory lock shows there as classid (the key's high 32 bits), objid (its
-    low 32 bits) and objsubid 1.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
-            "AND objsubid = 1 AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        held = set()
-        for high, low in cursor.fetchall():
-            key = (high << 32) | low
-            held.add(key - (1 << 64) if key >= 1 << 63 else key)
-    return [job for job in jobs if ledger.lock_key(job.id) not in held]

@@ -120,3 +120,48 @@ def throughput_last_hour(now: datetime.datetime | None = None) -> list[tuple[dat
         by_minute = {minute: (ok, dead) for minute, ok, dead in cursor.fetchall()}
     minutes = [start + datetime.timedelta(minutes=i) for i in range(60)]
     return [(m, *by_minute.get(m, (0, 0))) for m in minutes]
+
+
+def latency_by_task() -> list[dict]:
+    """Per task: finished runs, and the p50 and p95 of enqueue-to-start and of run time."""
+    starts = {h.task: h for h in enqueue_to_start_histograms()}
+    runs = {h.task: h for h in run_time_histograms()}
+
+    def quantile(histograms: dict, task: str, q: float) -> float | None:
+        return percentile(histograms[task], q) if task in histograms else None
+
+    return [
+        {
+            "task": task,
+            "count": runs[task].count if task in runs else 0,
+            "start_p50": quantile(starts, task, 0.5),
+            "start_p95": quantile(starts, task, 0.95),
+            "run_p50": quantile(runs, task, 0.5),
+            "run_p95": quantile(runs, task, 0.95),
+        }
+        for task in sorted(set(starts) | set(runs))
+    ]
+
+
+def throughput_bars(throughput: list[tuple[datetime.datetime, int, int]]) -> list[dict]:
+    """The last hour's minutes as the dashboard's bars, scaled to the busiest minute."""
+    peak = max((ok + dead for _, ok, dead in throughput), default=0) or 1
+    return [
+        {"x": i * 10, "ok": ok, "dead": dead, "h_ok": 100 * ok / peak, "h_dead": 100 * dead / peak,
+         "label": minute.strftime("%H:%M")}
+        for i, (minute, ok, dead) in enumerate(throughput)
+    ]  # fmt: skip
+
+
+def dashboard() -> dict:
+    """What the admin's jobs dashboard shows."""
+    throughput = throughput_last_hour()
+    return {
+        "by_state": jobs_by_state_and_queue(),
+        "depths": queue_depths(),
+        "dead_letters": open_dead_letters(),
+        "rescued": rescued_since(24),
+        "latency": latency_by_task(),
+        "bars": throughput_bars(throughput),
+        "finished_last_hour": sum(ok + dead for _, ok, dead in throughput),
+    }

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
 import inspect
-import io
 import json
 import re
 import uuid
@@ -14,13 +12,13 @@ from collections.abc import Iterable
 
 from celery import Task
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from jobs import ledger
 from jobs.app import celery_app
+from jobs.broker.publisher import publish_jobs
 from jobs.models import ACTIVE_STATES, Job, JobState
-from jobs.publisher import publish_jobs
 from jobs.storable import find_unstorable, unstorable_text
 from jobs.topology import WORKLOAD_QUEUES, PriorityClass
 
@@ -153,34 +151,57 @@ def enqueue(
       dict key, `key` or `unique_key`) raises EnqueueError before anything is
       written, so the caller's transaction stays usable.
     """
+    return enqueue_call(
+        task, args, kwargs, priority=priority, key=key, unique_key=unique_key, unique_states=unique_states,
+        run_after=run_after,
+    )  # fmt: skip
+
+
+def enqueue_call(
+    task: Task | str,
+    args: tuple,
+    kwargs: dict,
+    *,
+    priority: PriorityClass | str | None = None,
+    key: str | None = None,
+    unique_key: str | None = None,
+    unique_states: tuple[str, ...] = ACTIVE_STATES,
+    run_after: datetime.datetime | None = None,
+    signature: inspect.Signature | None = None,
+) -> Job:
+    """`enqueue`, with the task's arguments apart from the options, so that a task's own
+    keyword argument may be called `priority` or `key` (Django's task backend uses it).
+    `signature` is what the arguments must fit, if not the task's `run`."""
     task = resolve_task(task)
-    _check_payload(task, args, kwargs)
+    _check_payload(task, args, kwargs, signature)
     _check_key(task, key, "idempotency key")
     _check_key(task, unique_key, "unique_key")
-    try:
-        priority_class = PriorityClass.parse(priority) if priority is not None else task.priority_class
-    except ValueError as exc:
-        raise EnqueueError(str(exc)) from None
-    queue = task.queue
-    if queue not in WORKLOAD_QUEUES:
-        raise EnqueueError(f"Job {task.name!r} names queue {queue!r}, which is not in the topology.")
+    priority_class = _priority_class(task, priority)
     if key is not None:
         existing = Job.objects.filter(key=key).first()
         if existing is not None:
             return existing
-    if unique_key is not None:
-        with transaction.atomic():
-            with transaction.get_connection().cursor() as cursor:
-                # Held until the caller's transaction ends: the next caller with this
-                # key waits, then sees this job (or, after a rollback, none).
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"unique:{unique_key}"]
-                )
-            existing = Job.objects.filter(unique_key=unique_key, state__in=unique_states).first()
-            if existing is not None:
-                return existing
-            return _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_key, run_after)
-    return _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_key, run_after)
+    if unique_key is None:
+        return _record_and_publish(task, args, kwargs, priority_class, key, unique_key, run_after)
+    with transaction.atomic():
+        with transaction.get_connection().cursor() as cursor:
+            # Held until the caller's transaction ends: the next caller with this
+            # key waits, then sees this job (or, after a rollback, none).
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"unique:{unique_key}"])
+        existing = Job.objects.filter(unique_key=unique_key, state__in=unique_states).first()
+        if existing is not None:
+            return existing
+        return _record_and_publish(task, args, kwargs, priority_class, key, unique_key, run_after)
+
+
+def _priority_class(task: Task, priority: PriorityClass | str | None) -> PriorityClass:
+    """The priority class a job of `task` gets; refuses a queue outside the topology too."""
+    if task.queue not in WORKLOAD_QUEUES:
+        raise EnqueueError(f"Job {task.name!r} names queue {task.queue!r}, which is not in the topology.")
+    try:
+        return PriorityClass.parse(priority) if priority is not None else task.priority_class
+    except ValueError as exc:
+        raise EnqueueError(str(exc)) from None
 
 
 def after_commit(func, *args, **kwargs) -> None:
@@ -199,24 +220,24 @@ def after_commit(func, *args, **kwargs) -> None:
     transaction.on_commit(call, robust=True)
 
 
-def _insert_and_publish(task, args, kwargs, priority_class, queue, key, unique_key, run_after) -> Job:
+def _record_and_publish(task, args, kwargs, priority_class, key, unique_key, run_after) -> Job:
     job = Job(
         id=uuid.uuid4(),
         task_name=task.name,
         args=list(args),
         kwargs=kwargs,
-        queue=queue,
+        queue=task.queue,
         priority=priority_class.value,
         key=key,
         unique_key=unique_key or "",
         run_after=run_after,
     )
     if key is None:
-        _insert_row(job)  # a fresh uuid: nothing to collide with, no savepoint
+        ledger.record(job)  # a fresh uuid: nothing to collide with, no savepoint
     else:
         try:
             with transaction.atomic():
-                _insert_row(job)
+                ledger.record(job)
         except IntegrityError:
             # Another transaction took the key first (the insert waited for it to commit).
             return Job.objects.get(key=key)
@@ -243,12 +264,7 @@ def enqueue_many(
     the relay, like any job.
     """
     task = resolve_task(task)
-    try:
-        priority_class = PriorityClass.parse(priority) if priority is not None else task.priority_class
-    except ValueError as exc:
-        raise EnqueueError(str(exc)) from None
-    if task.queue not in WORKLOAD_QUEUES:
-        raise EnqueueError(f"Job {task.name!r} names queue {task.queue!r}, which is not in the topology.")
+    priority_class = _priority_class(task, priority)
     if not isinstance(publish_batch_size, int) or publish_batch_size < 1:
         raise EnqueueError(
             f"publish_batch_size must be a whole number of 1 or more, not {publish_batch_size!r}."
@@ -270,100 +286,10 @@ def enqueue_many(
         except EnqueueError as exc:
             raise EnqueueError(f"Call {n}: {exc}") from None
         jobs.append(new_job(id=uuid.uuid4(), args=list(args), kwargs=kwargs))
-    _insert_rows(jobs, payloads)
+    ledger.record_many(jobs, payloads)
     if run_after is None or run_after <= timezone.now():
         after_commit(publish_jobs, jobs, chunk_size=publish_batch_size)
     return jobs
-
-
-# A new ledger row is written with these columns, by enqueue (one prepared INSERT)
-# and by enqueue_many (COPY), not by Django's save: the rest of the row is NULL.
-_NEW_ROW_COLUMNS = ("id", "task_name", "args", "kwargs", "queue", "priority", "run_after", "created_at", "key",
-                    "unique_key")  # fmt: skip
-_NEW_ROW_CONSTANTS = {"state": JobState.PENDING.value, "attempts": 0, "retries": 0, "lost_runs": 0,
-                      "last_error": "", "last_error_class": "", "last_traceback": "", "worker": ""}  # fmt: skip
-_ALL_NEW_ROW_COLUMNS = ", ".join([*_NEW_ROW_COLUMNS, *_NEW_ROW_CONSTANTS])
-
-
-def _sql_literal(value) -> str:
-    return str(value) if isinstance(value, int) else "'" + value.replace("'", "''") + "'"
-
-
-_INSERT_ROW = ledger.Statement(
-    "jobs_insert_row",
-    "uuid, text, jsonb, jsonb, text, integer, timestamptz, timestamptz, text, text",
-    f"INSERT INTO {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-    f"{', '.join(_sql_literal(v) for v in _NEW_ROW_CONSTANTS.values())}) RETURNING 1",
-    looks_up_rows=False,  # an INSERT: no plan can go stale
-)
-
-
-def _new_row_values(job: Job, payload: tuple[str, str] | None = None) -> list:
-    """The values of _NEW_ROW_COLUMNS for `job`, in that order; `payload` is the JSON
-    of its args and kwargs if already made (by _check_payload)."""
-    args_json, kwargs_json = payload or (json.dumps(job.args), json.dumps(job.kwargs))
-    return [str(job.id), job.task_name, args_json, kwargs_json, job.queue, job.priority,
-            job.run_after, job.created_at, job.key, job.unique_key]  # fmt: skip
-
-
-def _insert_row(job: Job) -> None:
-    # Django's save took a third of a single enqueue's own time; a prepared INSERT
-    # on the same connection (so in the caller's transaction) takes a few percent.
-    _INSERT_ROW.fetchone(_new_row_values(job))
-    job._state.adding = False  # as after a save: the row exists now
-
-
-def _insert_rows(jobs: list[Job], payloads: list[tuple[str, str]]) -> None:
-    # COPY, with the JSON already encoded: at bulk sizes Django's bulk_create spent
-    # most of its time preparing fields row by row, and COPY beats a VALUES list.
-    now = timezone.now()
-    constants = list(_NEW_ROW_CONSTANTS.values())
-
-    def rows():
-        for job, payload in zip(jobs, payloads, strict=True):
-            job.created_at = now
-            job._state.adding = False
-            yield [*_new_row_values(job, payload), *constants]  # None is written as "": see FORCE_NULL
-
-    reader = _CsvReader(rows())
-    with transaction.atomic(), transaction.get_connection().cursor() as cursor:
-        try:
-            cursor.cursor.copy_expert(
-                f"COPY {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) FROM STDIN "
-                f"WITH (FORMAT csv, FORCE_NULL (run_after, key))",
-                reader,
-            )
-        except Exception:
-            if reader.error is not None:
-                # psycopg2 turns an error raised in read() into a database error;
-                # the caller must see the original (a soft time limit, say).
-                raise reader.error from None
-            raise
-
-
-class _CsvReader:
-    """Rows as a file for COPY FROM STDIN, formatted as psycopg2 reads them: the
-    server parses and inserts the first rows while the next ones are formatted."""
-
-    def __init__(self, rows: Iterable[list]):
-        self._rows = iter(rows)
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, quoting=csv.QUOTE_NONNUMERIC)  # "" is "", not NULL
-        self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> str:
-        buffer = self._buffer
-        buffer.seek(0)
-        buffer.truncate()
-        try:
-            for row in self._rows:
-                self._writer.writerow(row)
-                if 0 < size <= buffer.tell():
-                    break
-        except BaseException as exc:
-            self.error = exc
-            raise
-        return buffer.getvalue()
 
 
 def retry_job(job_id: uuid.UUID | str) -> bool:
@@ -371,19 +297,9 @@ def retry_job(job_id: uuid.UUID | str) -> bool:
 
     The job goes back to `pending` and is published after commit, like a new one.
     """
-    moved = ledger.transition(
-        job_id,
-        JobState.PENDING,
-        only_from=[JobState.DEAD],
-        lost_runs=0,
-        retries=0,
-        run_after=None,
-        finished_at=None,
-    )
+    moved = ledger.retry_dead(job_id)
     if moved:
-        transaction.on_commit(
-            lambda: publish_jobs(list(Job.objects.filter(pk=job_id, state=JobState.PENDING))), robust=True
-        )
+        after_commit(_publish_pending, [job_id])
     return bool(moved)
 
 
@@ -393,28 +309,25 @@ def resend_queued_jobs(job_ids: Iterable[uuid.UUID | str]) -> int:
     For messages lost in RabbitMQ while their jobs waited: a queue purged or deleted
     by hand, a broker that lost its disk. Nothing in RabbitMQ says which messages it
     still holds, so this is the operator's call (the admin action, `manage.py
-    jobs_resend`). Safe if a message was not lost after all: the worker runs a job
-    once and acknowledges the other copy without running it. The jobs go back to
-    `pending` and are published after commit (the relay sends any that are not);
-    a job among `job_ids` in any other state is left as it is (a deferred one is not
-    published early).
+    jobs_resend`); jobs.rescue does the same on its own for jobs whose messages look
+    lost. Safe if a message was not lost after all: the worker runs a job once and
+    acknowledges the other copy without running it. The jobs go back to `pending`
+    and are published after commit (the relay sends any that are not); a job among
+    `job_ids` in any other state is left as it is (a deferred one is not published
+    early).
     """
     ids = [str(job_id) for job_id in job_ids]
     if not ids:
         return 0
     with transaction.atomic():
-        queued = list(
-            Job.objects.select_for_update()
-            .filter(pk__in=ids, state=JobState.QUEUED)
-            .values_list("pk", flat=True)
-        )
-        moved = ledger.transition(queued, JobState.PENDING, only_from=[JobState.QUEUED]) if queued else 0
+        moved = ledger.queued_back_to_pending(ids)
         if moved:
-            transaction.on_commit(
-                lambda: publish_jobs(list(Job.objects.filter(pk__in=queued, state=JobState.PENDING))),
-                robust=True,
-            )
-    return moved
+            after_commit(_publish_pending, moved)
+    return len(moved)
+
+
+def _publish_pending(job_ids) -> None:
+    publish_jobs(list(Job.objects.filter(pk__in=list(job_ids), state=JobState.PENDING)))
 
 
 def cancel_job(job_id: uuid.UUID | str) -> bool:
@@ -423,14 +336,7 @@ def cancel_job(job_id: uuid.UUID | str) -> bool:
     Its message, if already in RabbitMQ, is acknowledged without running. Returns
     False for a job that is running or finished, which cannot be cancelled.
     """
-    return bool(
-        ledger.transition(
-            job_id,
-            JobState.CANCELLED,
-            only_from=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING],
-            finished_at=timezone.now(),
-        )
-    )
+    return bool(ledger.cancel(job_id))
 
 
 def invalidate_cache_on_commit(*, namespace: str | None = None, keys: tuple[str, ...] = ()) -> Job:
@@ -460,37 +366,6 @@ def prune_jobs(
     states: tuple[str, ...] = (JobState.SUCCEEDED, JobState.CANCELLED),
     batch_size: int = 10_000,
 ) -> int:
-    """Deletes finished jobs created more than `older_than` ago, in batches; returns how many.
-
-    Only `states` are pruned (by default succeeded and cancelled: dead jobs stay for
-    operators until they are retried or pruned explicitly). Each batch is its own
-    short transaction, so pruning a large ledger never holds long locks.
-    """
-    unknown = set(states) - set(JobState.values)
-    if unknown:
-        raise ValueError(f"Unknown job states {sorted(unknown)}; use some of {', '.join(JobState.values)}.")
-    cutoff = timezone.now() - older_than
-    table = Job._meta.db_table
-    # Rows elsewhere that point at jobs (an invoice's last PDF job, an email's job, a
-    # dead letter's job) keep their row and lose the link, as their on_delete says.
-    references = [
-        rel
-        for rel in Job._meta.get_fields(include_hidden=True)
-        if rel.auto_created and not rel.concrete and rel.one_to_many and rel.on_delete is models.SET_NULL
-    ]
-    total = 0
-    while True:
-        with transaction.atomic(), transaction.get_connection().cursor() as cursor:
-            cursor.execute(
-                f"SELECT id FROM {table} WHERE created_at < %s AND state = ANY(%s) LIMIT %s FOR UPDATE SKIP LOCKED",
-                [cutoff, list(states), batch_size],
-            )
-            ids = [row[0] for row in cursor.fetchall()]
-            for rel in references:
-                rel.related_model._base_manager.filter(**{f"{rel.field.name}__in": ids}).update(
-                    **{rel.field.name: None}
-                )
-            cursor.execute(f"DELETE FROM {table} WHERE id = ANY(%s::uuid[])", [[str(i) for i in ids]])
-        total += len(ids)
-        if len(ids) < batch_size:
-            return total
+    """Deletes finished jobs created more than `older_than` ago, in batches; returns how many
+    (jobs.ledger.prune says how)."""
+    return ledger.prune(older_than, states, batch_size)

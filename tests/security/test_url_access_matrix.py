@@ -112,7 +112,8 @@ ACCESS: dict[str, Access] = {
     **model_admin("django_celery_beat.solarschedule", "solar", SUPERUSER, CHANGE, SUPERUSER),
     **model_admin("django_celery_beat.intervalschedule", "interval", SUPERUSER, CHANGE, SUPERUSER),
     # The platform (jobs/admin.py).
-    **model_admin("jobs.job", "job", NOBODY, SAVED, SUPERUSER),
+    # A job is never deleted or written from its page: the ledger owns the row.
+    **model_admin("jobs.job", "job", NOBODY, SAVED, NOBODY),
     "admin:jobs_job_launch": Access(SUPERUSER, SUPERUSER, notes="jobs.launch_job"),
     "admin:jobs_job_dashboard": Access(VIEW, VIEW),
     **model_admin("jobs.deadletter", "dead_letter", NOBODY, SAVED, SUPERUSER),

@@ -1,0 +1,17 @@
+"""The errors a job body raises to say how its job ends, and how an error is described."""
+
+from __future__ import annotations
+
+
+class TransientJobError(Exception):
+    """Raise from a task body to ask for a retry with backoff, whatever the task declares."""
+
+
+class PermanentJobError(Exception):
+    """Raise from a task body to end the job `dead` at once, with this message as its error."""
+
+
+def describe(exc: BaseException) -> str:
+    """`Class: message`, as the ledger and the logs show an error."""
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__

@@ -1,0 +1,48 @@
+"""The ledger: one row per job in PostgreSQL, and every write of it.
+
+No other module writes the Job table (jobs/tests/test_ledger_owns_job_writes.py
+checks it). The verbs, by the step of a job's life they serve:
+
+- enqueue: `record`, `record_many` (rows.py); `link_to_event` (moves.py)
+- publish: `mark_queued`, `BackgroundMarks` (marks.py)
+- run: `Lease` (lease.py); `admit`, `end_run`, `end_outside_a_run` (runs.py)
+- wait: `defer`, `recheck_lease_later`, `recheck_leases_at`, `end_lease_rechecks`,
+  `notify_due` (moves.py)
+- operate: `retry_dead`, `queued_back_to_pending`, `cancel`, `mark_dead`,
+  `mark_rescued`, `prune` (moves.py, rows.py)
+
+Every move of `Job.state` is checked against one table (states.py). The flow of a
+job through them is told in docs/architecture.md.
+"""
+
+from jobs.ledger.lease import Lease, held_lease_keys, lock_key, without_a_live_run
+from jobs.ledger.marks import BackgroundMarks, mark_queued
+from jobs.ledger.moves import (
+    DUE_CHANNEL,
+    cancel,
+    count_lost_run,
+    defer,
+    end_lease_rechecks,
+    link_to_event,
+    mark_dead,
+    mark_rescued,
+    notify_due,
+    queued_back_to_pending,
+    recheck_lease_later,
+    recheck_leases_at,
+    retry_dead,
+    transition,
+)
+from jobs.ledger.rows import job_factory, prune, record, record_foreign, record_many
+from jobs.ledger.runs import Poison, Run, Skip, admit, end_outside_a_run, end_run, error_fields, storable
+from jobs.ledger.statements import Statement
+from jobs.ledger.states import ALLOWED_TRANSITIONS, IllegalTransition, sources_of
+
+__all__ = [
+    "ALLOWED_TRANSITIONS", "DUE_CHANNEL", "BackgroundMarks", "IllegalTransition", "Lease", "Poison", "Run",
+    "Skip", "Statement", "admit", "cancel", "count_lost_run", "defer", "end_lease_rechecks",
+    "end_outside_a_run", "end_run", "error_fields", "held_lease_keys", "job_factory", "link_to_event",
+    "lock_key", "mark_dead", "mark_queued", "mark_rescued", "notify_due", "prune", "queued_back_to_pending",
+    "recheck_lease_later", "recheck_leases_at", "record", "record_foreign", "record_many", "retry_dead",
+    "sources_of", "storable", "transition", "without_a_live_run",
+]  # fmt: skip
