@@ -331,7 +331,7 @@ class Bench:
 
         from bench.tasks import noop
         from jobs import ledger, topology
-        from jobs.publisher import JobFrames
+        from jobs.broker.message import build_message
 
         new_job = ledger.job_factory(task_name=noop.name, queue="default", priority=5, args=[], kwargs={})
         jobs = [new_job(id=uuid.uuid4()) for _ in range(count)]
@@ -339,8 +339,9 @@ class Bench:
         self.purge()
 
         def messages_of(frames):
-            job_frames = JobFrames(frames)
-            return [job_frames(job, topology.JOBS_EXCHANGE, job.queue) for job in jobs]
+            return [
+                frames.publish(build_message(job), topology.JOBS_EXCHANGE, job.queue, True) for job in jobs
+            ]
 
         with self.app.connection_for_write() as conn:
             self.results["h_pipelined_jobs_per_s"] = self.pipelined(conn, messages_of)
@@ -349,17 +350,37 @@ class Bench:
     @staticmethod
     def pipelined(conn, messages_of) -> float:
         """Messages per second for persistent publishes with every confirm outstanding
-        and one wait at the end, on a channel of its own. `messages_of(PublishFrames)`
-        gives each message's frames, built by jobs.frames as the platform's bulk
-        publish builds them, before the clock starts; they go out a thousand at a
-        time: the figure is RabbitMQ's, not a serializer's."""
-        from jobs.frames import PublishFrames
+        and one wait at the end, on a channel of its own. `messages_of(frames)` gives
+        each message's frames (`frames.publish(message, exchange, routing_key,
+        mandatory)`: the bytes py-amqp's own frame writer makes), built before the
+        clock starts; they go out a thousand at a time: the figure is RabbitMQ's, not
+        a serializer's."""
+        from amqp import spec
+        from amqp.method_framing import frame_writer
+        from amqp.serialization import dumps
 
         channel = conn.channel()
         channel.confirm_select()
         acked = [0]
         channel.events["basic_ack"].add(lambda tag, multiple: acked.__setitem__(0, max(acked[0], tag)))
-        messages = messages_of(PublishFrames(channel.channel_id, channel.connection.frame_max))
+
+        class Frames:
+            """py-amqp's frames of a Basic.Publish on this channel, kept instead of sent."""
+
+            def __init__(self):
+                self.written: list[bytes] = []
+                self.write_frame = frame_writer(channel.connection, self)
+
+            def write(self, data) -> None:
+                self.written.append(bytes(data))
+
+            def publish(self, message, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+                self.written.clear()
+                arguments = dumps("Bssbb", (0, exchange, routing_key, mandatory, False))
+                self.write_frame(1, channel.channel_id, spec.Basic.Publish, arguments, message)
+                return b"".join(self.written)
+
+        messages = messages_of(Frames())
         count = len(messages)
         chunks = [b"".join(messages[start : start + 1000]) for start in range(0, count, 1000)]
         started = time.perf_counter()

@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 
+import amqp
 from amqp.exceptions import PreconditionFailed
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
@@ -23,7 +24,8 @@ from django.utils import timezone
 from jobs import ledger, services, task_message, topology
 from jobs.app import celery_app
 from jobs.base import ended_dead
-from jobs.models import DeadLetter, DeadLetterState, Job, JobState
+from jobs.broker import publisher, queues
+from jobs.models import DeadLetter, DeadLetterState, Job
 from jobs.storable import unstorable_text
 
 logger = logging.getLogger(__name__)
@@ -143,9 +145,7 @@ def record_dead_letter(body: bytes, headers: dict, properties: dict, delivery_in
         reason = store.text(death.get("reason") or "", 32)
         if job is not None and not job.is_finished:
             why = store.text(_explain(headers, properties, body, reason, None))
-            moved = ledger.transition(
-                job.id, JobState.DEAD, last_error=f"Dead-lettered by RabbitMQ: {why}", finished_at=now
-            )
+            moved = ledger.mark_dead(job.id, last_error=f"Dead-lettered by RabbitMQ: {why}", finished_at=now)
             job.refresh_from_db()
             if moved:
                 # The app's own record of the job (an email's status) ends with it.
@@ -234,26 +234,27 @@ def replay(dead_letter_id: int, by: str) -> DeadLetter:
 
 
 def _republish_raw(letter: DeadLetter) -> None:
-    from kombu import Producer
-
-    app = celery_app()
+    """Publishes the letter's message again, as it was less its death headers, straight
+    to its original queue; raises ReplayError if RabbitMQ did not take it."""
     body = base64.b64decode(letter.body) if letter.body_encoding == "base64" else letter.body.encode()
     headers = {k: v for k, v in (letter.headers or {}).items() if k not in _DEATH_HEADERS}
     props = letter.properties or {}
-    with app.connection_for_write() as conn:
-        producer = Producer(conn.default_channel)
-        producer.publish(
-            body,
-            exchange="",
-            routing_key=letter.queue,
-            content_type=props.get("content_type") or "application/octet-stream",
-            content_encoding=props.get("content_encoding") or "binary",
-            headers=headers,
-            priority=props.get("priority") or 0,
-            delivery_mode=2,
-            timeout=5,
-            confirm_timeout=5,
-        )
+    message = amqp.Message(
+        body,
+        content_type=props.get("content_type") or "application/octet-stream",
+        content_encoding=props.get("content_encoding") or "binary",
+        application_headers=headers,
+        priority=props.get("priority") or 0,
+        delivery_mode=2,
+    )
+    try:
+        publisher.publish_message(message, exchange="", routing_key=letter.queue)
+    except Exception as exc:  # noqa: BLE001 - every way of not being published reads the same
+        raise ReplayError(
+            f"Dead letter {letter.pk} was not replayed: RabbitMQ did not take its copy for queue "
+            f"{letter.queue!r} ({exc.__class__.__name__}: {str(exc)[:200]}). It stays open; try again "
+            "once RabbitMQ is reachable and the queue exists (manage.py jobs_topology)."
+        ) from exc
 
 
 def discard(dead_letter_id: int, by: str) -> bool:
@@ -336,10 +337,10 @@ def run_keeper(stop=lambda: False, prefetch: int = 20) -> None:
             if stop():
                 return
             if isinstance(exc, PreconditionFailed):  # the dead-letter queue drifted
-                report = topology.QueueReport(
+                report = queues.QueueReport(
                     topology.DEAD_LETTER_QUEUE, "drift", getattr(exc, "reply_text", "")
                 )
-                logger.error("dead-letter keeper cannot consume: %s", topology.drift_advice(report))
+                logger.error("dead-letter keeper cannot consume: %s", queues.drift_advice(report))
                 time.sleep(10.0)
                 continue
             logger.warning("dead-letter keeper stopped consuming (%r); reconnecting", exc, exc_info=True)

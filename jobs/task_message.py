@@ -3,7 +3,7 @@
 Celery trusts the shape of a protocol-2 message: a body that is not the
 `[args, kwargs, embed]` triple, or a header of the wrong type, raises inside its
 consumer and stops the whole worker, and the message, still unacked, stops the next
-worker too. The worker's consumer (jobs.worker) asks `refusal` first and rejects
+worker too. The worker's consumer (jobs.consumer) asks `refusal` first and rejects
 what it names into the dead-letter queue; the dead-letter keeper asks it again, so
 the record says the same sentence.
 

@@ -1,7 +1,7 @@
 """Settings for the job platform, read from the environment (django-environ).
 
 Every address and credential has a default that works on a development machine
-(see README "Environment variables"). DEBUG is off unless DJANGO_DEBUG asks for it,
+(docs/configuration.md lists them). DEBUG is off unless DJANGO_DEBUG asks for it,
 and then only is a missing DJANGO_SECRET_KEY tolerated.
 """
 
@@ -219,18 +219,14 @@ CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
-# Dead-letters undecodable messages instead of acking them (jobs/worker.py).
-CELERY_WORKER_CONSUMER = "jobs.worker:DeadLetteringConsumer"
+# Dead-letters messages it cannot run instead of acking them or stopping (jobs/consumer.py).
+CELERY_WORKER_CONSUMER = "jobs.consumer:DeadLetteringConsumer"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Per-task settings from the environment. global_rate_limit holds across all workers
-# (jobs/ratelimit.py); Celery's own rate_limit would hold per worker process.
-CELERY_TASK_ANNOTATIONS = {
-    "emails.send": {
-        "global_rate_limit": env.str("EMAILS_RATE_LIMIT", default="10/s"),
-        "retry_backoff": env.float("EMAILS_RETRY_BACKOFF_SECONDS", default=5.0),
-    },
-}
+# The emails.send job's rate limit (across all workers, jobs/ratelimit.py) and the first
+# wait of its retry policy (emails/tasks.py declares the rest).
+EMAILS_RATE_LIMIT = env.str("EMAILS_RATE_LIMIT", default="10/s")
+EMAILS_RETRY_BACKOFF_SECONDS = env.float("EMAILS_RETRY_BACKOFF_SECONDS", default=5.0)
 
 # Django's task API (django_tasks, what Django 6 ships as django.tasks) runs on the platform.
 TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}

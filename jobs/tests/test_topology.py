@@ -5,6 +5,7 @@ from urllib.parse import unquote
 import pytest
 
 from jobs import topology
+from jobs.broker import queues
 
 REGISTERED_JOBS = {
     # name: queue
@@ -153,13 +154,13 @@ def test_verify_reports_drift_clearly_and_recreate_migrates_keeping_messages(pla
         channel.basic_publish(Message(b"kept"), exchange="", routing_key="cache")
         channel.close()
         try:
-            reports = {r.name: r for r in topology.verify(connection)}
+            reports = {r.name: r for r in queues.verify(connection)}
             assert reports["cache"].status == "drift"
             assert "inequivalent arg" in reports["cache"].detail
             assert reports["default"].status == "ok"
 
-            assert topology.recreate(connection, "cache") == 1
-            reports = {r.name: r for r in topology.verify(connection)}
+            assert queues.recreate(connection, "cache") == 1
+            reports = {r.name: r for r in queues.verify(connection)}
             assert reports["cache"].status == "ok"
             channel = connection.channel()
             message = channel.basic_get("cache", no_ack=True)
@@ -167,9 +168,9 @@ def test_verify_reports_drift_clearly_and_recreate_migrates_keeping_messages(pla
             assert message is not None and message.body == b"kept"
 
             with pytest.raises(ValueError, match="not a queue of the topology"):
-                topology.recreate(connection, "nope")
+                queues.recreate(connection, "nope")
         finally:
-            topology.recreate(connection, "cache")
+            queues.recreate(connection, "cache")
 
 
 def test_topology_command_reports_drift_as_a_sentence(platform, own_worker):
@@ -238,7 +239,7 @@ def test_topology_fix_migrates_every_drifted_queue_keeping_messages(platform, ow
         assert "recreated cache: 1 message(s) carried over" in out
         assert "topology ok" in out
         with platform.connection_for_write() as connection:
-            assert {r.status for r in topology.verify(connection)} == {"ok"}
+            assert {r.status for r in queues.verify(connection)} == {"ok"}
             channel = connection.channel()
             for name in ("default", "cache"):
                 message = channel.basic_get(name, no_ack=True)

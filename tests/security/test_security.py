@@ -160,7 +160,7 @@ def test_no_secret_appears_in_logs_error_pages_or_flower(
         "a view raises with DEBUG off",
         "none of the three secrets appears in the worker log (with its traceback), the Flower log, "
         "7 Flower pages/API answers, or the 500 page. (Found and fixed: Celery left the namespaced "
-        "CELERY_BROKER_URL unmasked in the worker `conf` Flower shows; jobs/worker.py masks every URL.)",
+        "CELERY_BROKER_URL unmasked in the worker `conf` Flower shows; jobs/remote_control.py masks every URL.)",
         "test_no_secret_appears_in_logs_error_pages_or_flower",
     )  # fmt: skip
 
@@ -197,13 +197,14 @@ def test_check_deploy_is_clean_with_production_settings(reliability):
     )  # fmt: skip
 
 
-def test_readme_says_guest_is_for_development_and_how_to_make_a_least_privilege_user(reliability):
-    readme = (ROOT / "README.md").read_text()
-    assert "guest` user is for development only" in readme
-    assert "rabbitmqctl add_user jobs" in readme and "rabbitmqctl set_permissions -p jobs jobs" in readme
+def test_the_security_docs_say_guest_is_for_development_and_how_to_make_a_least_privilege_user(reliability):
+    docs = (ROOT / "docs" / "security.md").read_text()
+    assert "guest` user is for development only" in docs
+    assert "rabbitmqctl add_user jobs" in docs and "rabbitmqctl set_permissions -p jobs jobs" in docs
+    assert "docs/security.md" in (ROOT / "README.md").read_text()
     reliability.record(
         "S7", "RabbitMQ credentials in the docs",
-        "README, section Security",
+        "docs/security.md",
         "says the guest user is for development only and shows how to create a user limited to its own vhost",
-        "test_readme_says_guest_is_for_development_and_how_to_make_a_least_privilege_user",
+        "test_the_security_docs_say_guest_is_for_development_and_how_to_make_a_least_privilege_user",
     )  # fmt: skip

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.management.commands.prune_jobs import parse_age
+from jobs.management.ages import parse_age
 from jobs.rescue import rescue_lost_jobs
 
 
@@ -25,10 +25,7 @@ class Command(BaseCommand):
     def handle(self, *args, after: str | None, dry_run: bool, **options):
         seconds = settings.JOBS_RESCUE_AFTER_SECONDS
         if after is not None:
-            try:
-                seconds = parse_age(after).total_seconds()
-            except CommandError as exc:
-                raise CommandError(str(exc).replace("--older-than", "--after")) from None
+            seconds = parse_age(after, "--after").total_seconds()
         rescue = rescue_lost_jobs(seconds, dry_run=dry_run)
         if rescue.broker_unreachable:
             raise CommandError("RabbitMQ did not answer: the rescue needs its queue depths.")

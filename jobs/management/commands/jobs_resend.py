@@ -1,7 +1,7 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from jobs.management.commands.prune_jobs import parse_age
+from jobs.management.ages import parse_age
 from jobs.models import Job, JobState
 from jobs.services import resend_queued_jobs
 from jobs.topology import Workload
@@ -26,10 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Count them; change nothing.")
 
     def handle(self, *args, queued_before: str, queue: str | None, dry_run: bool, **options):
-        try:
-            age = parse_age(queued_before)
-        except CommandError as exc:
-            raise CommandError(str(exc).replace("--older-than", "--queued-before")) from None
+        age = parse_age(queued_before, "--queued-before")
         jobs = Job.objects.filter(state=JobState.QUEUED, queued_at__lte=timezone.now() - age)
         if queue:
             jobs = jobs.filter(queue=queue)

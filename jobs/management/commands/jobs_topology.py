@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import topology
 from jobs.app import celery_app
+from jobs.broker import queues
 
 
 class Command(BaseCommand):
@@ -36,17 +37,17 @@ class Command(BaseCommand):
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1)
                 if fix or recreate:
-                    before = topology.verify(connection)
+                    before = queues.verify(connection)
                     _refuse_exchange_drift(before, connection.virtual_host)
                     drifted = [r.name for r in before if r.status == "drift"] if fix else []
                     recreate = [*recreate, *(name for name in drifted if name not in recreate)]
                 for name in recreate:
                     try:
-                        moved = topology.recreate(connection, name)
+                        moved = queues.recreate(connection, name)
                     except ValueError as exc:
                         raise CommandError(str(exc)) from None
                     self.stdout.write(f"recreated {name}: {moved} message(s) carried over")
-                reports = topology.verify(connection)
+                reports = queues.verify(connection)
         except CommandError:
             raise
         except Exception as exc:  # noqa: BLE001

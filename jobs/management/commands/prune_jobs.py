@@ -1,20 +1,10 @@
-import datetime
-import re
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
+from jobs.management.ages import parse_age
 from jobs.models import JobState
 from jobs.services import prune_jobs
-
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-
-
-def parse_age(text: str) -> datetime.timedelta:
-    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
-    if not match:
-        raise CommandError(f"--older-than {text!r}: give a number and a unit, such as 30d, 12h or 90m.")
-    return datetime.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
 class Command(BaseCommand):
@@ -32,7 +22,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, older_than: str, state: list[str] | None, **options):
-        age = parse_age(older_than)
+        age = parse_age(older_than, "--older-than")
         states = tuple(state or (JobState.SUCCEEDED, JobState.CANCELLED))
         started = time.monotonic()
         deleted = prune_jobs(age, states)

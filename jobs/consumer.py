@@ -1,18 +1,14 @@
-"""Worker customizations: the consumer class (CELERY_WORKER_CONSUMER) and a safer `conf` command."""
+"""The worker's consumer (CELERY_WORKER_CONSUMER): no message it cannot run is lost or stops it."""
 
 import logging
 from collections.abc import Mapping
 
-from celery.app.utils import HIDDEN_SETTINGS
 from celery.exceptions import WorkerShutdown
-from celery.utils.serialization import jsonify, strtobool
 from celery.worker.consumer import Consumer
-from celery.worker.control import inspect_command
-from kombu.utils.encoding import safe_repr
-from kombu.utils.url import maybe_sanitize_url
 from vine import promise
 
-from jobs import task_message, topology
+from jobs import task_message
+from jobs.broker import queues
 
 logger = logging.getLogger("jobs")
 
@@ -39,19 +35,19 @@ class DeadLetteringConsumer(Consumer):
 
     def _refuse_drifted_queues(self) -> None:
         """Stops the worker with a sentence, not Celery's PreconditionFailed traceback,
-        when a queue it consumes was declared with other arguments (jobs.topology)."""
+        when a queue it consumes was declared with other arguments (jobs.broker.queues)."""
         names = [queue.name for queue in self.app.amqp.queues.consume_from.values()]
         try:
             with self.app.connection_for_read() as connection:
                 connection.ensure_connection(max_retries=3)
-                drifted = [r for r in topology.verify(connection, names) if r.status == "drift"]
+                drifted = [r for r in queues.verify(connection, names) if r.status == "drift"]
         except Exception as exc:  # noqa: BLE001 - Celery's own connection handling reports it
             logger.warning("could not check the queues before consuming (%s)", exc.__class__.__name__)
             return
         if drifted:
             for report in drifted:
-                logger.critical("%s", topology.drift_advice(report))
-            raise WorkerShutdown(topology.drift_advice(drifted[0]))
+                logger.critical("%s", queues.drift_advice(report))
+            raise WorkerShutdown(queues.drift_advice(drifted[0]))
 
     def create_task_handler(self, promise=promise):
         celery_handler = super().create_task_handler(promise)
@@ -93,30 +89,3 @@ class DeadLetteringConsumer(Consumer):
             {k: v for k, v in (message.headers or {}).items() if k in ("id", "task")},
         )
         message.reject(requeue=False)
-
-
-def _censor(value, key=""):
-    """Masks secrets in a settings table: Celery's own filter misses namespaced keys.
-
-    Celery censors `broker_url`, but with Django settings the key is CELERY_BROKER_URL,
-    which it leaves as is (password included), and Flower shows it to every operator.
-    Here every URL loses its password, whatever its key.
-    """
-    if isinstance(value, Mapping):
-        return {k: _censor(v, str(k)) for k, v in value.items()}
-    if HIDDEN_SETTINGS.search(key):
-        return "********"
-    if isinstance(value, str) and "://" in value:
-        return maybe_sanitize_url(value, mask="********")
-    return value
-
-
-@inspect_command(alias="dump_conf", signature="[include_defaults=False]", args=[("with_defaults", strtobool)])
-def conf(state, with_defaults=False, **kwargs):
-    """List configuration, with every URL's password masked."""
-    table = _censor(state.app.conf.table(with_defaults=with_defaults))
-    return jsonify(
-        table,
-        keyfilter=lambda k: isinstance(k, str) and not k.startswith("__"),
-        unknown_type_filter=safe_repr,
-    )

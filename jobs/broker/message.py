@@ -1,0 +1,65 @@
+"""A job's message: Celery's protocol 2, JSON, as a plain `send_task` of its row.
+
+`jobs/tests/test_broker_message.py` compares it with Celery's own builder
+(`app.amqp.as_task_v2`), header by header.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import amqp
+from celery.utils.nodenames import anon_nodename
+
+from jobs.models import Job
+
+# The body's third part: a job has no canvas (no callbacks, chain or chord).
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+# Celery cuts argsrepr and kwargsrepr to this many characters (its argsrepr_maxsize).
+_REPR_MAX = 1024
+
+
+@functools.cache
+def _origin() -> str:
+    return anon_nodename()
+
+
+def build_message(job: Job) -> amqp.Message:
+    """The message of a ledger row, ready for the jobs exchange: persistent, with the
+    job's priority, its id as Celery's task id and correlation id.
+
+    Only the headers whose value says something are written. The others that
+    `as_task_v2` writes (shadow, eta, expires, group, group_index, parent_id,
+    timelimit, replaced_task_nesting, stamped_headers, stamps) would all be empty,
+    and Celery's worker reads each of them with that same empty default: a row's
+    delay is kept in the ledger (the relay publishes it when due), not in an eta;
+    time limits are the task's own. Each header costs a publish its bytes and its
+    serialization.
+    """
+    task_id = str(job.id)
+    args, kwargs = list(job.args), dict(job.kwargs)
+    headers = {
+        "lang": "py",
+        "task": job.task_name,
+        "id": task_id,
+        "root_id": task_id,
+        "retries": 0,
+        "argsrepr": repr(tuple(args))[:_REPR_MAX],
+        "kwargsrepr": repr(kwargs)[:_REPR_MAX],
+        "origin": _origin(),
+        # The ledger keeps the outcome; no result backend is written.
+        "ignore_result": True,
+    }
+    body = json.dumps([args, kwargs, _EMBED]).encode()
+    return amqp.Message(
+        body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers=headers,
+        delivery_mode=2,
+        priority=job.priority,
+        correlation_id=task_id,
+        reply_to="",
+    )
