@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from emails import services
+from emails import delivery, services
 from emails.models import OutgoingEmail
 from jobs.admin_actions import StrictActionsMixin, job_link
 
@@ -54,7 +54,7 @@ class OutgoingEmailAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="Preview")
     def preview(self, obj):
-        text, html = services.render_bodies(obj)
+        text, html = delivery.render_bodies(obj)
         return format_html(
             '<p><strong>Plain text</strong></p><pre style="white-space:pre-wrap">{}</pre>'
             "<p><strong>HTML</strong></p>"

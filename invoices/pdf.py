@@ -24,7 +24,7 @@ from decimal import Decimal
 from django.template.loader import render_to_string
 
 from invoices.totals import Totals
-from jobs.base import PermanentJobError
+from jobs.errors import PermanentJobError
 
 # The first family that has a character draws it. Noto Color Emoji is left to fontconfig's
 # fallback on purpose: named here, it would also draw the digits, which it has for keycaps.

@@ -1,32 +1,24 @@
-"""Writes of invoices: numbering, creation, PDF requests and generation, cache refresh."""
+"""Writes of invoices, request side: numbering, creation, issuing, payment, PDF requests
+and cache refreshes. These decide and enqueue; the jobs' work is in the worker-side
+modules (rendering, notifications, cached_lists) that invoices.tasks runs."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
-from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
 import jobs
-from invoices import selectors
-from invoices.models import (
-    Customer,
-    Invoice,
-    InvoiceEvent,
-    InvoiceEventType,
-    InvoiceLine,
-    InvoiceStatus,
-)
-from invoices.pdf import render_pdf
-from invoices.signals import invoice_paid, pdf_ready
-from invoices.storage import remove_partial_files, write_atomically
-from jobs.base import PermanentJobError
+from invoices import events, notifications, selectors
+from invoices.cached_lists import invoice_list_namespace
+from invoices.models import Customer, Invoice, InvoiceLine, InvoiceStatus
+from invoices.tasks import generate_pdf
 from jobs.models import Job, JobState
 from jobs.services import invalidate_cache_on_commit
+from jobs.tasks import invalidate_cache
 
 
 def next_invoice_number(year: int) -> str:
@@ -45,10 +37,6 @@ def next_invoice_number(year: int) -> str:
         )
         sequence = cursor.fetchone()[0]
     return f"INV-{year}-{sequence:06d}"
-
-
-def record_event(invoice: Invoice, type_: InvoiceEventType, **data) -> InvoiceEvent:
-    return InvoiceEvent.objects.create(invoice=invoice, type=type_, data=data)
 
 
 def assign_number(invoice: Invoice) -> None:
@@ -80,19 +68,11 @@ def create_invoice(
     InvoiceLine.objects.bulk_create(
         InvoiceLine(invoice=invoice, position=position, **line) for position, line in enumerate(lines)
     )
-    record_event(invoice, InvoiceEventType.CREATED)
+    events.record_created(invoice)
     invalidate_customer_invoice_lists(customer.id)
     if invoice.status == InvoiceStatus.ISSUED:
-        publish_invoice_issued(invoice)
+        events.publish_invoice_issued(invoice)
     return invoice
-
-
-INVOICE_ISSUED = "invoice.issued"
-
-
-def publish_invoice_issued(invoice: Invoice):
-    """The "invoice issued" event: its subscribers make the PDF, refresh lists, email it."""
-    return jobs.publish(INVOICE_ISSUED, {"invoice_id": invoice.id, "customer_id": invoice.customer_id})
 
 
 def _move_status(invoice: Invoice, source: InvoiceStatus, target: InvoiceStatus) -> bool:
@@ -109,22 +89,13 @@ def issue_invoice(invoice: Invoice) -> bool:
     """Issues a draft invoice (publishing "invoice.issued"); False if it was not a draft."""
     if not _move_status(invoice, InvoiceStatus.DRAFT, InvoiceStatus.ISSUED):
         return False
-    publish_invoice_issued(invoice)
+    events.publish_invoice_issued(invoice)
     return True
-
-
-def invoice_list_namespace(customer_id: int) -> str:
-    return f"customer-invoices:{customer_id}"
 
 
 def invalidate_customer_invoice_lists(customer_id: int) -> Job | None:
     """Enqueues the invalidation of a customer's cached invoice lists, on commit."""
     return invalidate_cache_on_commit(namespace=invoice_list_namespace(customer_id))
-
-
-def pdf_name(invoice_id: int, fingerprint: str) -> str:
-    # Built from the id and a hex digest only, never from user text.
-    return f"invoices/{int(invoice_id)}/invoice-{int(invoice_id)}-{fingerprint[:16]}.pdf"
 
 
 @transaction.atomic
@@ -133,82 +104,16 @@ def request_pdf(invoice: Invoice, *, email: bool = False, priority: str | None =
 
     The job's key is the invoice's content fingerprint, so asking again for an
     unchanged invoice returns the job already asked for, and an edited invoice gets
-    a new job and a new PDF. With `email`, the PDF is sent to the customer once
-    stored (by whatever app listens to invoices.signals.pdf_ready).
+    a new job and a new PDF. With `email`, the job emails the PDF to the customer
+    once stored, in the transaction that stores it (invoices.rendering).
     """
     fingerprint = selectors.document_fingerprint(selectors.invoice_document(invoice))
-    from invoices.tasks import generate_pdf
-
     key = f"invoice-pdf:{invoice.id}:{fingerprint}" + (":email" if email else "")
     job = jobs.enqueue(generate_pdf, invoice.id, email_to_customer=email, key=key, priority=priority)
     Invoice.objects.filter(pk=invoice.pk).update(last_pdf_job=job)
     invoice.last_pdf_job = job
-    record_event(invoice, InvoiceEventType.PDF_REQUESTED, job=str(job.id), email=email)
+    events.record_pdf_requested(invoice, job, email=email)
     return job
-
-
-def _validate_for_pdf(invoice: Invoice, lines: list[InvoiceLine]) -> None:
-    if not lines:
-        raise PermanentJobError(f"Invoice {invoice.number} has no lines; add at least one line, then retry.")
-    for position, line in enumerate(lines, start=1):
-        try:
-            values = [Decimal(line.quantity), Decimal(line.unit_price), Decimal(line.tax_rate)]
-        except (InvalidOperation, TypeError):
-            raise PermanentJobError(f"Invoice {invoice.number}, line {position}: not a number.") from None
-        if values[0] <= 0:
-            raise PermanentJobError(
-                f"Invoice {invoice.number}, line {position} ({line.description!r}) has quantity "
-                f"{line.quantity}; quantities must be positive."
-            )
-        if values[1] < 0 or values[2] < 0:
-            raise PermanentJobError(
-                f"Invoice {invoice.number}, line {position}: a negative price or tax rate is not allowed."
-            )
-    if invoice.status == InvoiceStatus.VOID:
-        raise PermanentJobError(f"Invoice {invoice.number} is void; a void invoice gets no PDF.")
-
-
-def generate_pdf(invoice_id: int, *, email_to_customer: bool = False) -> str:
-    """Renders and stores the invoice's PDF unless the current one is already stored.
-
-    Idempotent: the file name comes from the invoice id and the fingerprint of what
-    the PDF shows, and the row is locked while it renders, so a redelivered job, a
-    double click or two workers at once produce one file per version of the invoice.
-    Invalid data raises PermanentJobError: the job ends dead with that message.
-    """
-    with transaction.atomic():
-        invoice = (
-            Invoice.objects.select_for_update(of=("self",))
-            .select_related("customer")
-            .filter(pk=invoice_id)
-            .first()
-        )
-        if invoice is None:
-            raise PermanentJobError(f"Invoice {invoice_id} does not exist (deleted?); no PDF was made.")
-        lines = list(invoice.lines.all())
-        _validate_for_pdf(invoice, lines)
-        document = selectors.invoice_document(invoice)
-        fingerprint = selectors.document_fingerprint(document)
-        name = pdf_name(invoice.id, fingerprint)
-        rendered = False
-        # A run killed while writing (its worker SIGKILLed) left its temporary file.
-        remove_partial_files(default_storage, name)
-        if not (invoice.pdf_fingerprint == fingerprint and default_storage.exists(name)):
-            if not default_storage.exists(name):
-                write_atomically(default_storage, name, render_pdf(document))
-                rendered = True
-            # An update, not save(): a new PDF changes no cached list, so no signal.
-            Invoice.objects.filter(pk=invoice.pk).update(
-                pdf=name, pdf_fingerprint=fingerprint, pdf_generated_at=timezone.now()
-            )
-            record_event(invoice, InvoiceEventType.PDF_GENERATED, file=name, fingerprint=fingerprint)
-        if email_to_customer:
-            record_event(invoice, InvoiceEventType.EMAIL_REQUESTED, file=name)
-            # Inside the transaction: what a receiver enqueues commits with the PDF's row.
-            pdf_ready.send(
-                Invoice, invoice=invoice, pdf_name=name, fingerprint=fingerprint, email_requested=True
-            )
-    return f"{name} ({'rendered' if rendered else 'already stored'})"
 
 
 def refresh_cached_lists(invoices: Iterable[Invoice]) -> int:
@@ -216,8 +121,6 @@ def refresh_cached_lists(invoices: Iterable[Invoice]) -> int:
 
     A unique job per customer: clicking again while one waits adds nothing.
     """
-    from jobs.tasks import invalidate_cache
-
     customer_ids = {invoice.customer_id for invoice in invoices}
     with transaction.atomic():
         for customer_id in customer_ids:
@@ -236,7 +139,7 @@ class PaymentOutcome:
     """What mark_paid did; true when the invoice was marked paid."""
 
     paid: bool
-    refusals: tuple[str, ...] = ()  # what receivers of invoice_paid refused to do, as sentences
+    refusals: tuple[str, ...] = ()  # why its email was not queued, as sentences
 
     def __bool__(self) -> bool:
         return self.paid
@@ -244,19 +147,17 @@ class PaymentOutcome:
 
 @transaction.atomic
 def mark_paid(invoice: Invoice) -> PaymentOutcome:
-    """Marks an issued invoice paid and sends invoice_paid; false if it was not issued.
+    """Marks an issued invoice paid and queues the payment-received email; false if it
+    was not issued.
 
-    Every receiver runs. One that refuses its input by raising ValueError (an email
-    address that cannot be emailed, say) does not undo the payment: its message is in
-    the outcome's `refusals`. Such a receiver refuses before writing anything it cannot
-    finish; any other error rolls the payment back with everything else.
+    A customer address that cannot be emailed does not undo the payment: the refusal
+    (recorded as a failed email before it is raised) is in the outcome's `refusals`.
+    Any other error rolls the payment back with everything else.
     """
     if not _move_status(invoice, InvoiceStatus.ISSUED, InvoiceStatus.PAID):
         return PaymentOutcome(paid=False)
-    refusals = []
-    for _receiver, response in invoice_paid.send_robust(Invoice, invoice=invoice):
-        if isinstance(response, ValueError):
-            refusals.append(str(response))
-        elif isinstance(response, Exception):
-            raise response
-    return PaymentOutcome(paid=True, refusals=tuple(refusals))
+    try:
+        notifications.queue_payment_received(invoice)
+    except ValueError as exc:  # emails.services.EmailInputError, say: it refuses before writing
+        return PaymentOutcome(paid=True, refusals=(str(exc),))
+    return PaymentOutcome(paid=True)

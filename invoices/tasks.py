@@ -1,13 +1,39 @@
-"""Invoice jobs: thin callers of invoices.services."""
+"""Invoice jobs: thin callers of the worker-side modules (rendering, notifications,
+cached_lists). invoices.services enqueues them and nothing here imports it back.
+
+The names never change, because queued messages and the beat schedule carry them;
+that is why two jobs here are named `emails.*`.
+"""
+
+from celery import shared_task
 
 import jobs
-from invoices import services
-from jobs import cache as job_cache
+from invoices import cached_lists, events, notifications, rendering
+from jobs.base import JobTask
+from jobs.models import Job
 from jobs.topology import Workload
-from project.celery import app
 
 
-@app.task(
+class PdfJobTask(JobTask):
+    """A PDF job: when it ends dead, the invoice's history says so, with the error."""
+
+    def on_dead(self, job: Job, error: str) -> None:
+        invoice_id = self.invoice_id(job)
+        if invoice_id is not None:
+            events.record_pdf_failed(invoice_id, job, error)
+
+    def invoice_id(self, job: Job) -> int | None:
+        # generate_pdf(invoice_id, ...), enqueued by services or launched with keywords.
+        return job.kwargs.get("invoice_id", job.args[0] if job.args else None)
+
+
+class IssuedInvoicePdfTask(PdfJobTask):
+    def invoice_id(self, job: Job) -> int | None:
+        return job.args[1]["invoice_id"]  # an event subscriber's (event_id, payload)
+
+
+@shared_task(
+    base=PdfJobTask,
     name="invoices.generate_pdf",
     queue=Workload.INVOICES,
     transient_errors=(OSError,),
@@ -17,16 +43,34 @@ from project.celery import app
     launchable=True,
 )
 def generate_pdf(invoice_id: int, email_to_customer: bool = False) -> str:
-    return services.generate_pdf(invoice_id, email_to_customer=email_to_customer)
+    return rendering.generate_pdf(invoice_id, email_to_customer=email_to_customer)
 
 
-@jobs.subscribe(services.INVOICE_ISSUED)
-@app.task(name="invoices.on_issued.generate_pdf", queue=Workload.INVOICES, transient_errors=(OSError,))
+@jobs.subscribe(events.INVOICE_ISSUED)
+@shared_task(
+    base=IssuedInvoicePdfTask,
+    name="invoices.on_issued.generate_pdf",
+    queue=Workload.INVOICES,
+    transient_errors=(OSError,),
+)
 def pdf_for_issued_invoice(event_id: int, payload: dict) -> str:
-    return services.generate_pdf(payload["invoice_id"])
+    return rendering.generate_pdf(payload["invoice_id"])
 
 
-@jobs.subscribe(services.INVOICE_ISSUED)
-@app.task(name="invoices.on_issued.refresh_lists", queue=Workload.CACHE)
+@jobs.subscribe(events.INVOICE_ISSUED)
+@shared_task(name="invoices.on_issued.refresh_lists", queue=Workload.CACHE)
 def refresh_lists_for_issued_invoice(event_id: int, payload: dict) -> None:
-    job_cache.invalidate(namespace=services.invoice_list_namespace(payload["customer_id"]))
+    cached_lists.invalidate_invoice_lists(payload["customer_id"])
+
+
+@jobs.subscribe(events.INVOICE_ISSUED)
+@shared_task(name="emails.on_invoice_issued", queue=Workload.EMAILS, max_retries=12, retry_backoff=2.0)
+def email_issued_invoice(event_id: int, payload: dict) -> str:
+    """Emails the invoice once its PDF (made by another subscriber) is stored; retries until then."""
+    return notifications.email_issued_invoice(payload["invoice_id"])
+
+
+@shared_task(name="emails.send_overdue_reminders", launchable=True)
+def send_overdue_reminders() -> int:
+    """Daily (django-celery-beat): one reminder per overdue invoice per day."""
+    return notifications.queue_overdue_reminders()

@@ -23,8 +23,8 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from invoices import selectors, services
+from invoices.cached_lists import invoice_list_namespace
 from invoices.models import Customer, Invoice
-from invoices.services import invoice_list_namespace
 from jobs.cache import namespaced_key
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ screenshot is saved to var/test-artifacts/admin-generate-pdf.png.
 import io
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -90,8 +89,14 @@ def test_operator_generates_and_downloads_an_invoice_pdf_in_a_real_browser(worke
 
     browser.find_element(By.LINK_TEXT, "download").click()
     pdf_path = browser.downloads / f"{invoice.number}.pdf"
-    wait_for(lambda: pdf_path.exists() and pdf_path.stat().st_size > 0, timeout=20, message="the download")
-    time.sleep(0.2)  # Chromium renames the .crdownload file into place; let it finish
-    data = pdf_path.read_bytes()
+
+    def downloaded():
+        # Chromium writes name.crdownload and renames it into place once it is complete.
+        if not pdf_path.exists() or any(browser.downloads.glob("*.crdownload")):
+            return None
+        data = pdf_path.read_bytes()
+        return data if data.rstrip().endswith(b"%%EOF") else None
+
+    data = wait_for(downloaded, timeout=20, message="the complete download")
     assert data.startswith(b"%PDF")
     assert invoice.number in PdfReader(io.BytesIO(data)).pages[0].extract_text()

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from django.db import connection
 
-from invoices import services
+from invoices import rendering
 from invoices.models import Invoice
 from invoices.tests.factories import make_customer, make_invoice
 from invoices.totals import compute_totals, round_money
@@ -71,9 +71,9 @@ def test_pdf_names_come_from_the_id_and_cannot_leave_media_root(settings, tmp_pa
 
     from invoices.storage import write_atomically
 
-    assert services.pdf_name(42, "ab" * 32) == f"invoices/42/invoice-42-{'ab' * 8}.pdf"
+    assert rendering.pdf_name(42, "ab" * 32) == f"invoices/42/invoice-42-{'ab' * 8}.pdf"
     with pytest.raises(ValueError):
-        services.pdf_name("../../etc", "ab" * 32)
+        rendering.pdf_name("../../etc", "ab" * 32)
     storage = FileSystemStorage(location=tmp_path / "media")
     with pytest.raises(SuspiciousFileOperation):
         write_atomically(storage, "../escaped.pdf", b"x")

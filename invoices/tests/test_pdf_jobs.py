@@ -9,22 +9,15 @@ from django.core.files.storage import default_storage
 from django.urls import reverse
 from pypdf import PdfReader
 
-from invoices import services
+from invoices import rendering, services
 from invoices.models import Invoice, InvoiceEvent, InvoiceEventType, InvoiceLine
 from invoices.tests.factories import make_invoice
+from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
-from jobs.publisher import publish_jobs
 from jobs.testing import wait_for
+from jobs.testing.finishing import finished
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def finished(job_id, timeout=30.0) -> Job:
-    return wait_for(
-        lambda: Job.objects.filter(pk=job_id, state__in=["succeeded", "dead", "cancelled"]).first(),
-        timeout,
-        message=f"job {job_id}",
-    )
 
 
 def generated_events(invoice) -> int:
@@ -47,7 +40,7 @@ def test_admin_action_enqueues_a_pdf_job_the_worker_completes_and_the_pdf_downlo
     assert job.state == JobState.SUCCEEDED
     assert job.queue == "invoices"
     invoice.refresh_from_db()
-    assert invoice.pdf.name == services.pdf_name(invoice.id, invoice.pdf_fingerprint)
+    assert invoice.pdf.name == rendering.pdf_name(invoice.id, invoice.pdf_fingerprint)
 
     listing = client.get(reverse("admin:invoices_invoice_changelist")).content.decode()
     assert "Succeeded" in listing
@@ -87,8 +80,8 @@ def test_double_click_and_redelivery_render_the_unchanged_invoice_once(worker):
 def test_pdf_job_run_twice_stores_one_file(worker):
     """Even when the job itself runs again (a second job for the same content)."""
     invoice = make_invoice()
-    services.generate_pdf(invoice.id)
-    services.generate_pdf(invoice.id)
+    rendering.generate_pdf(invoice.id)
+    rendering.generate_pdf(invoice.id)
     invoice.refresh_from_db()
     assert generated_events(invoice) == 1
     assert len(os.listdir(os.path.dirname(default_storage.path(invoice.pdf.name)))) == 1
@@ -98,11 +91,11 @@ def test_a_run_after_one_killed_mid_write_leaves_no_temporary_file():
     """A worker SIGKILLed while writing the PDF leaves its temporary file; the job's
     next run (holding the invoice's row lock) removes it and stores the one PDF."""
     invoice = make_invoice()
-    folder = os.path.dirname(default_storage.path(services.pdf_name(invoice.id, "0" * 16)))
+    folder = os.path.dirname(default_storage.path(rendering.pdf_name(invoice.id, "0" * 16)))
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, ".tmp-killed.part"), "wb") as fh:
         fh.write(b"%PDF-1.7 half of a file")
-    services.generate_pdf(invoice.id)
+    rendering.generate_pdf(invoice.id)
     invoice.refresh_from_db()
     assert os.listdir(folder) == [os.path.basename(invoice.pdf.name)]
 
@@ -144,3 +137,35 @@ def test_invalid_invoice_ends_dead_with_a_clear_message_and_no_retry(worker, bre
     assert job.state == JobState.DEAD
     assert message in job.last_error
     assert job.attempts == 1
+    if Invoice.objects.filter(pk=invoice.pk).exists():
+        failed = wait_for(
+            lambda: InvoiceEvent.objects.filter(invoice=invoice, type=InvoiceEventType.PDF_FAILED).first(),
+            message="the PDF-failed event",
+        )
+        assert failed.data["job"] == str(job.id) and message in failed.data["error"]
+
+
+def test_a_pdf_job_that_dies_outside_its_body_is_in_the_invoices_history_too():
+    """The PDF-failed event comes from the task's on_dead hook, which every dead path
+    runs (here, a job marked dead as if the dead-letter keeper had done it)."""
+    from jobs.base import ended_dead
+
+    invoice = make_invoice(lines=1)
+    job = Job.objects.create(
+        task_name="invoices.generate_pdf", queue="invoices", priority=5, args=[invoice.id]
+    )
+    subscriber_job = Job.objects.create(
+        task_name="invoices.on_issued.generate_pdf",
+        queue="invoices",
+        priority=5,
+        args=[1, {"invoice_id": invoice.id}],
+    )
+
+    ended_dead(job, "RabbitMQ dead-lettered its message")
+    ended_dead(subscriber_job, "poison")
+
+    failed = InvoiceEvent.objects.filter(invoice=invoice, type=InvoiceEventType.PDF_FAILED)
+    assert [(e.data["job"], e.data["error"]) for e in failed] == [
+        (str(job.id), "RabbitMQ dead-lettered its message"),
+        (str(subscriber_job.id), "poison"),
+    ]

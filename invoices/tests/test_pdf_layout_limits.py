@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from invoices import services
+from invoices import rendering, services
 from invoices.models import Customer, InvoiceLine
 from invoices.pdf import DocumentLine, InvoiceDocument, Party, render_pdf
 from invoices.tests import pdf_reading
@@ -104,7 +104,7 @@ def test_pdf_job_succeeds_for_an_80_line_address_and_the_largest_amounts():
     invoice = services.create_invoice(customer, rows, status="draft")
     assert InvoiceLine.objects.filter(invoice=invoice).count() == 3
 
-    outcome = services.generate_pdf(invoice.id)
+    outcome = rendering.generate_pdf(invoice.id)
 
     assert outcome.endswith("(rendered)")
     invoice.refresh_from_db()

@@ -12,7 +12,7 @@ import pytest
 from invoices.pdf import DocumentLine, InvoiceDocument, Party, UnprintableText, render_pdf
 from invoices.tests import pdf_reading
 from invoices.tests.factories import make_document
-from jobs.base import PermanentJobError
+from jobs.errors import PermanentJobError
 
 
 def document(name: str, address: str = "", description: str = "Consulting") -> InvoiceDocument:
