@@ -12,17 +12,17 @@ import re
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
 
-from jobs.testing import broker, wait_for
+from jobs.testing import broker
+from jobs.testing.dead_letters import DeadLetterReader
 from jobs.testing.processes import RelayProcess, background, manage_py
-from jobs.testing.report import ReliabilityReport
 from jobs.testing.smtp import SMTPTestServer
 from jobs.testing.worker import WorkerProcess
+from tests.faults.report import REPORT
 
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 VHOST = f"jobs_test_{RUN_ID}"
@@ -129,7 +129,7 @@ def platform(broker_url, media_root, smtp_server, django_db_setup, django_db_blo
     """Points this process's Celery app and cache at the run's vhost and key prefix."""
     from django.test.utils import override_settings
 
-    from jobs import topology
+    from jobs.broker import queues
     from project.celery import app
 
     app.conf.broker_url = broker_url
@@ -145,10 +145,7 @@ def platform(broker_url, media_root, smtp_server, django_db_setup, django_db_blo
     )
     override.enable()
     with app.connection_for_write() as connection:
-        topology.declare(connection)
-        _REPORT.broker = (
-            f"RabbitMQ {connection.connection.server_properties['version']}, {topology.queue_type()} queues"
-        )
+        queues.declare(connection)
     try:
         yield app
     finally:
@@ -214,8 +211,8 @@ def worker(request, session_worker, session_relay):
     """The shared worker (2 prefork processes, every workload queue), running, with the
     shared relay that publishes its retries when they are due.
 
-    After the test it waits (a little) for the worker to settle, so that no job of
-    this test is still in flight when the next test starts on a flushed database.
+    After the test it waits (a little) for the worker to settle, and fails the test
+    with the ids of the jobs still in flight, which the next test would inherit.
     """
     _with_relay(request, session_relay)
     session_worker.start()
@@ -231,20 +228,25 @@ def no_relay(session_relay):
 
 
 def _settle(timeout: float = 15.0) -> None:
+    """Fails the test if a job it started is still in flight after `timeout`: the next
+    test runs on a flushed database, and a stray run would land in it."""
     from django.db import connection
 
     from jobs.models import Job, JobState
 
-    deadline = time.monotonic() + timeout
     in_flight = [JobState.QUEUED, JobState.STARTED, JobState.RETRYING]
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            if not Job.objects.filter(state__in=in_flight).exists():
-                return
+            stray = list(Job.objects.filter(state__in=in_flight).values_list("id", "task_name", "state")[:10])
         except Exception:  # noqa: BLE001 - database access may be over for this test
             return
         finally:
             connection.close()
+        if not stray:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"jobs still in flight {timeout:.0f}s after the test: {stray}", pytrace=False)
         time.sleep(0.1)
 
 
@@ -265,47 +267,29 @@ def own_worker(request, session_worker, session_relay, worker_env, tmp_path):
 
 
 @pytest.fixture
+def idle_publisher(monkeypatch):
+    """The process's publisher as a new process has it: no channel, not marked down,
+    a lock of its own (a thread a test leaves hanging keeps the one it holds)."""
+    import threading
+
+    from jobs.broker import publisher
+
+    monkeypatch.setattr(publisher, "_lock", threading.Lock())
+    monkeypatch.setattr(publisher, "_shared", None)
+    monkeypatch.setattr(publisher, "_broker_down_until", 0.0)
+    return publisher
+
+
+@pytest.fixture
 def keeper(worker_env, tmp_path):
     """The real dead-letter keeper command, running for the test."""
     with background(manage_py("dead_letter_keeper"), worker_env, tmp_path / "keeper.log") as process:
         yield process
 
 
-class DeadLetterReader:
-    """Reads the run's dead-letter queue, remembering what it took off it."""
-
-    def __init__(self, app):
-        self.app = app
-        self.seen: list = []
-
-    def _drain(self) -> None:
-        from jobs.topology import DEAD_LETTER_QUEUE
-
-        with self.app.connection_for_write() as connection:
-            channel = connection.channel()
-            try:
-                while (message := channel.basic_get(DEAD_LETTER_QUEUE)) is not None:
-                    channel.basic_ack(message.delivery_tag)
-                    self.seen.append(message)
-            finally:
-                channel.close()
-
-    def find(self, task_id, timeout: float = 20.0):
-        """The dead-lettered message of `task_id`, waiting for it to arrive."""
-
-        def look():
-            self._drain()
-            for message in self.seen:
-                headers = message.properties.get("application_headers") or {}
-                if headers.get("id") == str(task_id):
-                    return message
-            return None
-
-        return wait_for(look, timeout, interval=0.2, message=f"dead letter of {task_id}")
-
-
 @pytest.fixture(scope="session")
 def dead_letters(platform):
+    """The run's dead-letter queue: `dead_letters.find(job_id)` waits for a job's message."""
     return DeadLetterReader(platform)
 
 
@@ -336,39 +320,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
 
 
-# -- the fault suite's report (docs/reliability.md) ------------------------------------
-
-_REPORT = ReliabilityReport()
-FAULT_SCENARIOS = 13  # the numbered rows of tests/faults
-CLUSTER_SCENARIOS = 3  # the rows C1, C2... of tests/faults/test_cluster.py
+# -- the reliability report (docs/reliability.md) -------------------------------------
+# Tests in every folder record rows, so their outcomes are noted here, for the whole
+# run; tests/faults/conftest.py writes the page when the run covered every scenario.
 
 
 @pytest.fixture(scope="session")
-def reliability():
-    """Fault tests record what they injected and saw; the table lands in docs/reliability.md."""
-    return _REPORT
+def reliability(platform):
+    """Tests record what they injected and saw; the table lands in docs/reliability.md."""
+    from jobs import topology
+
+    if REPORT.broker == "RabbitMQ":
+        with platform.connection_for_write() as connection:
+            version = connection.connection.server_properties["version"]
+        REPORT.broker = f"RabbitMQ {version}, {topology.queue_type()} queues"
+    return REPORT
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when == "call" or (report.when == "setup" and report.failed):
-        _REPORT.outcome(getattr(item, "originalname", item.name), report.passed)
+        REPORT.outcome(getattr(item, "originalname", item.name), report.passed)
     return report
-
-
-def pytest_sessionfinish(session, exitstatus):
-    # Only a run of the whole fault suite rewrites the report, never a partial one: every
-    # numbered scenario of tests/faults recorded a row. One page per broker major version.
-    scenarios = {row.number for row in _REPORT.rows.values()}
-    if {f"C{n}" for n in range(1, CLUSTER_SCENARIOS + 1)} <= scenarios:
-        _REPORT.write(Path(settings.BASE_DIR) / "docs" / "reliability-cluster.md", "make test")
-    elif {str(n) for n in range(1, FAULT_SCENARIOS + 1)} <= scenarios:
-        version, kind = _REPORT.broker.removeprefix("RabbitMQ ").split(", ")
-        major, quorum = version.split(".")[0], kind.startswith("quorum")
-        name = (
-            "reliability.md"
-            if (major, quorum) == ("3", False)
-            else (f"reliability-rabbitmq{major}{'-quorum' if quorum else ''}.md")
-        )
-        _REPORT.write(Path(settings.BASE_DIR) / "docs" / name, "make test")

@@ -6,7 +6,7 @@ The cache invalidation job, converted: the same work as jobs.invalidate_cache.
 from django_tasks import task
 
 from jobs import cache as job_cache
-from jobs.base import TransientJobError
+from jobs.errors import TransientJobError
 
 
 @task(queue_name="cache", priority=50)

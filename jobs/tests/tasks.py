@@ -8,7 +8,7 @@ import os
 import time
 
 import jobs
-from jobs.base import TransientJobError
+from jobs.errors import TransientJobError
 from project.celery import app
 
 

@@ -12,8 +12,8 @@ from django.urls import reverse
 from kombu import Exchange, Producer
 
 from jobs import dead_letters, enqueue
+from jobs.broker.publisher import publish_jobs
 from jobs.models import DeadLetter, DeadLetterState, Job, JobState
-from jobs.publisher import publish_jobs
 from jobs.testing import wait_for
 from jobs.tests import tasks
 

@@ -14,6 +14,7 @@ from jobs.django_tasks import LedgerBackend, priority_class
 from jobs.models import Job, JobState
 from jobs.relay import relay_pending_jobs
 from jobs.testing import wait_for
+from jobs.testing.finishing import finished as finished_job
 from jobs.tests import dj_tasks
 from jobs.topology import PriorityClass
 
@@ -21,11 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def finished(result, timeout=30.0):
-    def done():
-        result.refresh()
-        return result.is_finished
-
-    wait_for(done, timeout, message=f"task result {result.id}")
+    """The task result, refreshed once its job is finished in the ledger."""
+    finished_job(result.id, timeout)
+    result.refresh()
     return result
 
 

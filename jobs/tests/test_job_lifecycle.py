@@ -6,7 +6,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from django.conf import settings
@@ -14,21 +13,14 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import enqueue
+from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
-from jobs.publisher import publish_jobs
 from jobs.relay import relay_pending_jobs
 from jobs.testing import wait_for
+from jobs.testing.finishing import barrier, finished, received
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def finished(job_id, timeout=30.0) -> Job:
-    def done():
-        job = Job.objects.get(pk=job_id)
-        return job if job.is_finished else None
-
-    return wait_for(done, timeout, message=f"job {job_id} to finish")
 
 
 def test_committed_job_runs_and_succeeds(worker, tmp_path):
@@ -106,8 +98,9 @@ def test_rolled_back_transaction_publishes_nothing(worker, tmp_path):
         assert tasks.lines(committed) == [], "nothing may be published before commit"
 
     assert finished(job.id).state == JobState.SUCCEEDED
-    time.sleep(0.5)
-    assert not Job.objects.filter(pk=ghost.id).exists()
+    barrier(worker, str(tmp_path / "sentinel"))
+    assert received(worker, job.id) == 1
+    assert received(worker, ghost.id) == 0, "the rolled-back job's message was published"
     assert tasks.lines(rolled_back) == []
 
 
@@ -122,9 +115,10 @@ def test_transient_error_is_retried_with_backoff_then_succeeds(worker, tmp_path)
     assert "transient failure 2 of 2" in job.last_error
     with open(path) as fh:
         stamps = [float(line.split()[1]) for line in fh]
-    # backoff base 0.2 s with equal jitter: the n-th wait is at least 0.2 * 2^n / 2.
-    assert stamps[1] - stamps[0] >= 0.1
-    assert stamps[2] - stamps[1] >= 0.2
+    # Equal jitter: the n-th wait is at least half of base * 2^n.
+    base = tasks.flaky.retry_backoff
+    assert stamps[1] - stamps[0] >= base / 2
+    assert stamps[2] - stamps[1] >= base
 
 
 def test_retries_exhausted_end_dead(worker, tmp_path, dead_letters):
@@ -134,7 +128,7 @@ def test_retries_exhausted_end_dead(worker, tmp_path, dead_letters):
     job = finished(job.id)
 
     assert job.state == JobState.DEAD
-    assert job.attempts == 3  # the first run and max_retries=2
+    assert job.attempts == 1 + tasks.always_transient.max_retries
     assert "still down" in job.last_error
     assert dead_letters.find(job.id)
 
@@ -165,7 +159,8 @@ def test_same_idempotency_key_twice_gives_one_job(worker, tmp_path):
 
     assert first.id == second.id == third.id
     assert finished(first.id).state == JobState.SUCCEEDED
-    time.sleep(0.5)
+    barrier(worker, str(tmp_path / "sentinel"))
+    assert received(worker, first.id) == 1, "a known key publishes nothing new"
     assert Job.objects.filter(key="invoice-42-pdf").count() == 1
     assert tasks.lines(path) == ["ran"]
 
@@ -221,7 +216,7 @@ def test_job_whose_worker_process_died_mid_run_runs_again(own_worker, tmp_path):
 
 
 def test_poison_that_kills_its_worker_is_dead_lettered_and_the_worker_goes_on(
-    own_worker, tmp_path, dead_letters
+    own_worker, worker_env, tmp_path, dead_letters
 ):
     own_worker.start()
     path = str(tmp_path / "poison")
@@ -231,7 +226,7 @@ def test_poison_that_kills_its_worker_is_dead_lettered_and_the_worker_goes_on(
 
     assert job.state == JobState.DEAD
     assert "dead-lettered as poison" in job.last_error
-    assert tasks.lines(path) == ["start"] * 2  # JOBS_MAX_LOST_RUNS=2 in the test worker
+    assert tasks.lines(path) == ["start"] * int(worker_env["JOBS_MAX_LOST_RUNS"])
     assert dead_letters.find(job.id)
     healthy = str(tmp_path / "healthy")
     assert finished(enqueue(tasks.record, healthy).id).state == JobState.SUCCEEDED
@@ -243,9 +238,10 @@ def test_enqueue_with_broker_unreachable_succeeds_and_the_relay_delivers_it_once
     path = str(tmp_path / "out")
     script = (
         "import json, time\n"
-        "from django.db import transaction\n"
+        "from django.db import connection, transaction\n"
         "from jobs import enqueue\n"
         "from jobs.tests import tasks\n"
+        "connection.ensure_connection()\n"  # time the enqueue, not PostgreSQL's login
         "t = time.monotonic()\n"
         "with transaction.atomic():\n"
         f"    job = enqueue(tasks.record, {path!r})\n"
@@ -266,13 +262,15 @@ def test_enqueue_with_broker_unreachable_succeeds_and_the_relay_delivers_it_once
     assert result["seconds"] < 1.0, "enqueue must not wait on an unreachable broker"
     job = Job.objects.get(pk=result["id"])
     assert job.state == JobState.PENDING
-    time.sleep(1.0)
+    barrier(worker, str(tmp_path / "sentinel-before"))
+    assert received(worker, job.id) == 0, "published although the broker was unreachable"
     assert tasks.lines(path) == []
 
     assert relay_pending_jobs(grace_seconds=0) == 1
     assert relay_pending_jobs(grace_seconds=0) == 0, "a relayed job is not relayed again"
     assert finished(job.id).state == JobState.SUCCEEDED
-    time.sleep(0.5)
+    barrier(worker, str(tmp_path / "sentinel-after"))
+    assert received(worker, job.id) == 1, "the relay published the job once"
     assert tasks.lines(path) == ["ran"]
 
 
@@ -381,7 +379,8 @@ def test_a_large_enqueue_many_marks_its_chunks_queued_from_the_side_connection(
 
 
 def test_a_long_publish_keeps_a_bounded_number_of_chunks_unconfirmed(worker, tmp_path, monkeypatch):
-    from jobs import enqueue_many, publisher
+    from jobs import enqueue_many
+    from jobs.broker import publisher
 
     monkeypatch.setattr(publisher, "MAX_CHUNKS_IN_FLIGHT", 2)
     most = [0]
@@ -394,7 +393,7 @@ def test_a_long_publish_keeps_a_bounded_number_of_chunks_unconfirmed(worker, tmp
     monkeypatch.setattr(publisher, "_take_confirmed", take)
     # Confirms are read only when the publisher waits for them: without the bound,
     # all 20 chunks would be in flight at the end, however fast RabbitMQ confirms.
-    monkeypatch.setattr(publisher._ConfirmChannel, "poll", lambda self: None)
+    monkeypatch.setattr(publisher.ConfirmChannel, "poll", lambda self: None)
     path = str(tmp_path / "out")
     jobs = enqueue_many(tasks.record, [(path, str(n)) for n in range(200)], publish_batch_size=10)
 
@@ -412,7 +411,7 @@ def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next
     """The kept publishing connection dies while idle (a broker restart, an operator
     closing it): the next enqueue must notice before it writes, and publish on a new
     connection at once, not leave its job to the relay."""
-    from jobs import publisher
+    from jobs.broker import publisher
 
     path = str(tmp_path / "out")
     first = enqueue(tasks.record, path, "1")
@@ -435,16 +434,16 @@ def test_a_publisher_connection_closed_by_the_broker_is_replaced_before_the_next
 def test_a_write_cut_off_mid_publish_retires_the_connection_and_publishes_on_a_new_one(
     worker, tmp_path, monkeypatch
 ):
-    from jobs import publisher
+    from jobs.broker import publisher
 
     path = str(tmp_path / "out")
     enqueue(tasks.record, path, "1")  # the process now keeps a publishing connection
     kept = publisher._shared
 
-    def cut_off(data):
+    def cut_off(*frame):
         raise TimeoutError("timed out")  # socket.timeout, as a write that stalls raises
 
-    monkeypatch.setattr(kept.channel.connection.transport, "write", cut_off)
+    monkeypatch.setattr(kept.channel.connection, "frame_writer", cut_off)
     second = enqueue(tasks.record, path, "2")
 
     assert kept.broken, "a connection cut mid-stream is never used again"

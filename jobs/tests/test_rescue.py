@@ -44,11 +44,11 @@ def metrics_text() -> str:
 
 
 def declare_topology() -> None:
-    from jobs import topology
+    from jobs.broker import queues
     from project.celery import app
 
     with app.connection_for_write() as conn:
-        topology.declare(conn)
+        queues.declare(conn)
 
 
 def test_jobs_whose_messages_were_lost_are_rescued_each_once_and_no_others(

@@ -85,7 +85,7 @@ def test_a_deferral_never_brings_a_retry_forward():
 def test_a_redelivered_run_over_a_rate_limit_is_run_not_dropped(own_worker, tmp_path):
     """The copy RabbitMQ redelivers after a worker died mid-run finds the job `started`:
     it cannot wait in the ledger, so the rate limit must not acknowledge it away."""
-    from jobs.publisher import publish_jobs
+    from jobs.broker.publisher import publish_jobs
 
     own_worker.env = {**own_worker.env, "JOBS_QUEUE_RATE_LIMITS": "default=1/h"}
     own_worker.start()

@@ -15,17 +15,10 @@ from invoices.tests.factories import make_invoice
 from jobs.models import DeadLetter, Job, JobState
 from jobs.services import EnqueueError
 from jobs.testing import wait_for
+from jobs.testing.finishing import finished
 from jobs.tests import tasks
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]
-
-
-def finished(job_id, timeout=60.0) -> Job:
-    return wait_for(
-        lambda: Job.objects.filter(pk=job_id, state__in=[JobState.SUCCEEDED, JobState.DEAD]).first(),
-        timeout,
-        message=f"job {job_id}",
-    )
 
 
 def send_one(smtp, script) -> tuple[OutgoingEmail, Job, int]:
@@ -37,7 +30,7 @@ def send_one(smtp, script) -> tuple[OutgoingEmail, Job, int]:
         template=EmailTemplate.TEST,
         context={"requested_by": "faults"},
     )
-    job = finished(email.job_id)
+    job = finished(email.job_id, timeout=60)
     email.refresh_from_db()
     return email, job, len(smtp.by_message_id(email.message_id))
 
@@ -75,9 +68,9 @@ def test_poison_jobs_end_dead_and_the_worker_goes_on(own_worker, tmp_path, relia
     killing = jobs.enqueue(tasks.exit_worker, str(tmp_path / "killing"))
     healthy = [jobs.enqueue(tasks.record, str(tmp_path / "healthy"), str(n)) for n in range(20)]
 
-    raising, killing = finished(raising.id), finished(killing.id)
+    raising, killing = finished(raising.id, timeout=60), finished(killing.id, timeout=60)
     for job in healthy:
-        assert finished(job.id).state == JobState.SUCCEEDED
+        assert finished(job.id, timeout=60).state == JobState.SUCCEEDED
 
     assert raising.state == JobState.DEAD and raising.attempts == 3
     assert killing.state == JobState.DEAD and "dead-lettered as poison" in killing.last_error
@@ -133,8 +126,8 @@ def test_bad_input_ends_as_dead_letters_or_clear_errors_and_a_valid_job_still_ru
         )
         for name, i in ids.items()
     }
-    invalid_job = finished(invalid_job.id)
-    valid = finished(jobs.enqueue(tasks.record, str(tmp_path / "valid")).id)
+    invalid_job = finished(invalid_job.id, timeout=60)
+    valid = finished(jobs.enqueue(tasks.record, str(tmp_path / "valid")).id, timeout=60)
 
     assert "No job is registered as 'no.such.job'" in letters["unknown"].error
     assert "could not be decoded as JSON" in letters["undecodable"].error

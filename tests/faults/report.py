@@ -1,4 +1,8 @@
-"""Collects what the fault suite saw and writes docs/reliability.md from it."""
+"""Collects what the fault suite saw and writes docs/reliability.md from it.
+
+Rows come from tests in every folder (the security rows S1, S2... too), so the root
+conftest.py records outcomes into REPORT for the whole run; tests/faults/conftest.py
+writes the page at the end of a run that covered every fault scenario."""
 
 from __future__ import annotations
 
@@ -59,3 +63,6 @@ class ReliabilityReport:
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         lines.append("")
         path.write_text("\n".join(lines))
+
+
+REPORT = ReliabilityReport()  # the run's report

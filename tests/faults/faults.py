@@ -2,7 +2,7 @@
 
 RabbitMQ faults hit the broker under test (jobs.testing.broker).
 
-CI and the next session share these services, so each context manager restores the
+CI and other test runs share these services, so each context manager restores the
 service whatever happens inside it, and waits until it answers again.
 """
 
