@@ -16,8 +16,8 @@ from invoices import events, notifications, selectors
 from invoices.cached_lists import invoice_list_namespace
 from invoices.models import Customer, Invoice, InvoiceLine, InvoiceStatus
 from invoices.tasks import generate_pdf
+from jobs.cache import invalidate_on_commit
 from jobs.models import Job, JobState
-from jobs.services import invalidate_cache_on_commit
 from jobs.tasks import invalidate_cache
 
 
@@ -95,7 +95,7 @@ def issue_invoice(invoice: Invoice) -> bool:
 
 def invalidate_customer_invoice_lists(customer_id: int) -> Job | None:
     """Enqueues the invalidation of a customer's cached invoice lists, on commit."""
-    return invalidate_cache_on_commit(namespace=invoice_list_namespace(customer_id))
+    return invalidate_on_commit(namespace=invoice_list_namespace(customer_id))
 
 
 @transaction.atomic

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import inspect
 import json
 import re
@@ -337,28 +336,6 @@ def cancel_job(job_id: uuid.UUID | str) -> bool:
     False for a job that is running or finished, which cannot be cancelled.
     """
     return bool(ledger.cancel(job_id))
-
-
-def invalidate_cache_on_commit(*, namespace: str | None = None, keys: tuple[str, ...] = ()) -> Job:
-    """Enqueues jobs.invalidate_cache for `namespace`/`keys`, once per transaction.
-
-    Saving an invoice and its ten lines in one transaction asks ten times; one job is
-    enough. The job's idempotency key names the transaction (its PostgreSQL txid), so
-    asking again in the same transaction returns the same job, while a savepoint that
-    rolled the job back lets the next call enqueue it afresh.
-    """
-    from jobs.tasks import invalidate_cache
-
-    if not keys and not namespace:
-        raise EnqueueError("Name a cache namespace or keys to invalidate.")
-    key = None
-    if transaction.get_connection().in_atomic_block:
-        with transaction.get_connection().cursor() as cursor:
-            cursor.execute("SELECT txid_current()")
-            txid = cursor.fetchone()[0]
-        target = hashlib.sha256(json.dumps([namespace, sorted(keys)]).encode()).hexdigest()[:32]
-        key = f"cache-invalidation:{txid}:{target}"
-    return enqueue(invalidate_cache, keys=list(keys), namespace=namespace, key=key)
 
 
 def prune_jobs(
