@@ -42,7 +42,7 @@ from django.utils import timezone
 
 from jobs import ledger, ratelimit
 from jobs import retry as retries
-from jobs.errors import describe
+from jobs.errors import PermanentJobError, TransientJobError, describe  # noqa: F401 - the first release's import path
 from jobs.models import Job, JobState
 from jobs.topology import PriorityClass, Workload
 
@@ -73,6 +73,14 @@ class JobTask(Task):
     retry_backoff: float = 1.0
     retry_backoff_max: float = 600.0
     retry_jitter = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A declared policy is what Celery's own max_retries says too (its eager
+        # self.retry reads it).
+        policy = cls.__dict__.get("retry_policy")
+        if policy is not None:
+            cls.max_retries = policy.max_retries
 
     def __call__(self, *args, **kwargs):
         request = self.request

@@ -148,7 +148,7 @@ class LedgerBackend(BaseTaskBackend):
         try:
             job = services.enqueue_call(
                 celery_task, tuple(args), kwargs, priority=priority_class(task.priority), run_after=task.run_after,
-                signature=signature,
+                queue=task.queue_name, signature=signature,
             )  # fmt: skip
         except services.EnqueueError as exc:
             raise InvalidTaskError(str(exc)) from None

@@ -166,22 +166,25 @@ def enqueue_call(
     unique_key: str | None = None,
     unique_states: tuple[str, ...] = ACTIVE_STATES,
     run_after: datetime.datetime | None = None,
+    queue: str | None = None,
     signature: inspect.Signature | None = None,
 ) -> Job:
     """`enqueue`, with the task's arguments apart from the options, so that a task's own
     keyword argument may be called `priority` or `key` (Django's task backend uses it).
-    `signature` is what the arguments must fit, if not the task's `run`."""
+    `queue` sends this job to another workload queue than the task's; `signature` is
+    what the arguments must fit, if not the task's `run`."""
     task = resolve_task(task)
     _check_payload(task, args, kwargs, signature)
     _check_key(task, key, "idempotency key")
     _check_key(task, unique_key, "unique_key")
+    queue = _checked_queue(task, queue)
     priority_class = _priority_class(task, priority)
     if key is not None:
         existing = Job.objects.filter(key=key).first()
         if existing is not None:
             return existing
     if unique_key is None:
-        return _record_and_publish(task, args, kwargs, priority_class, key, unique_key, run_after)
+        return _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_key, run_after)
     with transaction.atomic():
         with transaction.get_connection().cursor() as cursor:
             # Held until the caller's transaction ends: the next caller with this
@@ -190,13 +193,20 @@ def enqueue_call(
         existing = Job.objects.filter(unique_key=unique_key, state__in=unique_states).first()
         if existing is not None:
             return existing
-        return _record_and_publish(task, args, kwargs, priority_class, key, unique_key, run_after)
+        return _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_key, run_after)
+
+
+def _checked_queue(task: Task, queue: str | None = None) -> str:
+    """The workload queue a job of `task` goes to (`queue`, else the task's); refuses one
+    outside the topology."""
+    queue = str(task.queue if queue is None else queue)
+    if queue not in WORKLOAD_QUEUES:
+        raise EnqueueError(f"Job {task.name!r} names queue {queue!r}, which is not in the topology.")
+    return queue
 
 
 def _priority_class(task: Task, priority: PriorityClass | str | None) -> PriorityClass:
-    """The priority class a job of `task` gets; refuses a queue outside the topology too."""
-    if task.queue not in WORKLOAD_QUEUES:
-        raise EnqueueError(f"Job {task.name!r} names queue {task.queue!r}, which is not in the topology.")
+    """The priority class a job of `task` gets."""
     try:
         return PriorityClass.parse(priority) if priority is not None else task.priority_class
     except ValueError as exc:
@@ -219,13 +229,13 @@ def after_commit(func, *args, **kwargs) -> None:
     transaction.on_commit(call, robust=True)
 
 
-def _record_and_publish(task, args, kwargs, priority_class, key, unique_key, run_after) -> Job:
+def _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_key, run_after) -> Job:
     job = Job(
         id=uuid.uuid4(),
         task_name=task.name,
         args=list(args),
         kwargs=kwargs,
-        queue=task.queue,
+        queue=queue,
         priority=priority_class.value,
         key=key,
         unique_key=unique_key or "",
@@ -263,6 +273,7 @@ def enqueue_many(
     the relay, like any job.
     """
     task = resolve_task(task)
+    _checked_queue(task)
     priority_class = _priority_class(task, priority)
     if not isinstance(publish_batch_size, int) or publish_batch_size < 1:
         raise EnqueueError(

@@ -48,6 +48,15 @@ def test_enqueue_runs_on_a_worker_and_the_result_comes_from_the_ledger(worker):
     assert job.task_name == "jobs.tests.dj_tasks.add" and job.state == JobState.SUCCEEDED
 
 
+def test_a_queue_chosen_at_enqueue_is_the_jobs_queue(worker):
+    declared = dj_tasks.add.enqueue(1, 1)
+    elsewhere = dj_tasks.add.using(queue_name="cache").enqueue(2, 2)
+
+    assert finished(elsewhere).return_value == 4 and finished(declared).return_value == 2
+    assert Job.objects.get(pk=elsewhere.id).queue == "cache"
+    assert Job.objects.get(pk=declared.id).queue == "default"
+
+
 def test_the_converted_cache_invalidation_works_end_to_end(worker):
     key = namespaced_key("dj-test", "page")
     cache.set(key, "stale")
