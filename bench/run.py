@@ -88,11 +88,12 @@ class Bench:
 
     # -- helpers ------------------------------------------------------------------
     def depth(self, queue: str = "default") -> int:
-        with self.app.connection_for_read() as conn:
-            channel = conn.channel()
-            count = channel.queue_declare(queue, passive=True).message_count
-            channel.close()
-            return count
+        # One connection for the whole run, not a new one every poll: a handshake
+        # every 20 ms would take CPU from the worker being measured.
+        if getattr(self, "_depth_channel", None) is None:
+            self._depth_conn = self.app.connection_for_read(heartbeat=0)
+            self._depth_channel = self._depth_conn.channel()
+        return self._depth_channel.queue_declare(queue, passive=True).message_count
 
     def purge(self) -> None:
         with self.app.connection_for_write() as conn:
@@ -178,7 +179,7 @@ class Bench:
     def yardstick(self) -> None:
         """This machine's speed at the moment, with none of our code: a fixed
         pure-Python loop in one process (median of 5). This VM's speed changes from
-        day to day (2 to 3 times, seen here), and every other figure with it."""
+        day to day (docs/performance.md), and every other figure with it."""
         timings = []
         for _ in range(5):
             started = time.perf_counter()
@@ -483,8 +484,8 @@ class Bench:
 
 # Step name -> Bench method, in the order a full run takes them. Latency and bulk
 # enqueue come first, on a quiet machine: the minute of both cores busy that the
-# drain takes leaves this VM's cores slower for a while afterwards (seen here:
-# (c) p50 1.17 -> 1.55 ms and p99 2.8 -> 4.5 ms after 60 s of two busy loops).
+# drain takes leaves this VM's cores slower for a while afterwards (docs/performance.md,
+# the method).
 STEPS = {
     "yardstick": "yardstick",
     "latency": "latency",
@@ -503,8 +504,8 @@ GOALS = [
     ("d_idle_start_p99_ms", "<=", 10.0, "idle enqueue-to-start p99 (ms)"),
     ("g_bulk_enqueue_per_s", ">=", 10_000, "bulk enqueue, 10,000 in one call (jobs/s)"),
     # The median: how the ledger's size changes an enqueue. The p99 of 2,000 is the
-    # 20th slowest, and on this VM which of them a neighbour slows down decides it:
-    # the same code gave p99 ratios from 0.77 to 1.91 (docs/performance.md).
+    # 20th slowest, and on this VM which of them a neighbour slows down decides it
+    # (how far apart runs of the same code are: docs/performance.md).
     ("f_p50_ratio_1m_vs_10k", "<=", 1.2, "enqueue p50 at 1M rows / at 10k rows"),
 ]
 

@@ -1,4 +1,4 @@
-"""Jobs used by the benchmarks (bench/run.py, bench/drain_cpu.py): the same no-op, bare
+"""Jobs used by the benchmarks (bench/run.py, bench/drain.py): the same no-op, bare
 and on the platform, and a measuring device (noop_start_only)."""
 
 from celery import Task
@@ -23,7 +23,8 @@ class _StartOnly(JobTask):
 
     It leaves its jobs `started` and their leases held until the worker's database
     connection is recycled (CELERY_DB_REUSE_MAX), which no real job may do: it bounds
-    what a platform could drain if its success cost nothing (bench/drain_cpu.py).
+    what a platform could drain if its success cost nothing (bench/drain.py
+    --systems platform-start-only).
     """
 
     def _run_and_record(self, job, args, kwargs, lease):
