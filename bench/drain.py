@@ -15,6 +15,10 @@ Systems (`--systems`, in this order in even rounds, reversed in odd ones):
 - `platform`: the platform's no-op (`jobs.base.JobTask`) in that same worker.
 - `dramatiq`: Dramatiq with its RabbitMQ broker, `--processes C --threads 1`,
   publisher confirms, prefetch 1 (bench/drain_dramatiq.py).
+- `platform-throughput`: the platform's no-op on a throughput queue (`cache`, batches
+  of 16: jobs.throughput), in a worker of that queue alone (`-Q cache`).
+- `platform-events-confirmed` (not run unless asked): the platform with
+  JOBS_CONFIRM_TASK_EVENTS=1, each task event published with a confirm.
 - `platform-start-only` (not run unless asked): the platform without its success
   write, a bound (bench.tasks._StartOnly); its jobs stay `started`.
 
@@ -264,17 +268,19 @@ def plain_env() -> dict:
     return {**env, **COMMON_ENV}
 
 
-def project_worker(concurrency: int) -> Worker:
+def project_worker(
+    concurrency: int, env: dict | None = None, tag: str = "", queues: str = "default,cache"
+) -> Worker:
     # The deployment's worker command (docker-compose.yml), without the start-up
     # chatter with other workers (mingle, gossip): both are before the clock or not per job.
     return Worker(
-        f"project-c{concurrency}",
+        f"project{tag}-c{concurrency}",
         [
             sys.executable, "-m", "celery", "-A", "project", "worker", "-l", "INFO",
-            "-Q", "default,cache", "-c", str(concurrency), "-P", "prefork", "-n", "bench-drain@%h",
+            "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-n", "bench-drain@%h",
             "--without-gossip", "--without-mingle", "-I", "bench.tasks,bench.drain_project",
         ],
-        project_env(),
+        {**project_env(), **(env or {})},
         ready_marks=1,
     )  # fmt: skip
 
@@ -417,6 +423,26 @@ def systems() -> dict[str, System]:
                 _counted,
             ),
             System(
+                "platform-events-confirmed",
+                "the platform, task events confirmed",
+                "default",
+                lambda c: project_worker(c, {"JOBS_CONFIRM_TASK_EVENTS": "1"}, "-confirmed"),
+                _fill_platform("noop"),
+                lambda n: _ledger_count(("succeeded",)) >= n,
+                _truncate_ledger,
+            ),
+            System(
+                "platform-throughput",
+                f"the platform, a throughput queue (batches of {THROUGHPUT_BATCH})",
+                "cache",
+                lambda c: project_worker(
+                    c, {"JOBS_THROUGHPUT_QUEUES": f"cache={THROUGHPUT_BATCH}"}, "-throughput", "cache"
+                ),
+                _fill_platform("noop_cache"),
+                lambda n: _ledger_count(("succeeded",)) >= n,
+                _truncate_ledger,
+            ),
+            System(
                 "platform-start-only",
                 "the platform, start only (a bound)",
                 "default",
@@ -429,7 +455,8 @@ def systems() -> dict[str, System]:
     }
 
 
-DEFAULT_SYSTEMS = ["celery-tuned", "celery-project", "platform", "dramatiq"]
+DEFAULT_SYSTEMS = ["celery-tuned", "celery-project", "platform", "platform-throughput", "dramatiq"]
+THROUGHPUT_BATCH = 16
 
 
 # -- one drain --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connection
 from django.utils import timezone
 
-from jobs import ledger, ratelimit
+from jobs import ledger, ratelimit, throughput
 from jobs import retry as retries
 from jobs.errors import PermanentJobError, TransientJobError, describe  # noqa: F401 - the first release's import path
 from jobs.models import Job, JobState
@@ -138,8 +138,14 @@ class JobTask(Task):
 
     # -- the run ------------------------------------------------------------------
 
-    def _run(self, run: ledger.Run, args, kwargs):
-        """Runs the body and ends the run in the ledger, as its outcome says."""
+    def start_strategy(self, app, consumer, **kwargs):
+        """How the worker's main process handles this task's messages: in batches on a
+        throughput queue (jobs.throughput), else Celery's own way."""
+        return throughput.strategy(self, app, consumer) or super().start_strategy(app, consumer, **kwargs)
+
+    def _run(self, run: ledger.Run, args, kwargs, successes: list | None = None):
+        """Runs the body and ends the run in the ledger, as its outcome says; a success
+        is added to `successes` instead, when given, for a batch to record with others."""
         job, started = run.job, time.monotonic()
         # The count lives in the ledger: every copy the relay sends says retries=0.
         self.request.retries = job.retries
@@ -173,8 +179,12 @@ class JobTask(Task):
                 # goes to the dead-letter queue like any failure.
                 raise Reject(describe(exc), requeue=False) from exc
             raise
+        if successes is not None:
+            successes.append((run, result))
+            return result
         ledger.end_run(run, JobState.SUCCEEDED, result=result)
-        self._log(job.id, "succeeded", started=started, attempt=job.attempts)
+        # DEBUG: Celery's own "Task ... succeeded in" line says it at INFO already.
+        self._log(job.id, "succeeded", started=started, attempt=job.attempts, level=logging.DEBUG)
         return result
 
     def _end_retrying(self, run: ledger.Run, exc: BaseException, started: float, countdown: float) -> None:
@@ -262,13 +272,16 @@ class JobTask(Task):
         except Exception:  # noqa: BLE001 - a hook must not change how the job ends
             logger.exception("job=%s task=%s on_dead hook failed", job.id, self.name)
 
-    def _log(self, job_id, message: str, started: float | None = None, attempt: int | None = None):
+    def _log(self, job_id, message: str, started: float | None = None, attempt: int | None = None,
+             level: int = logging.INFO):  # fmt: skip
+        if not logger.isEnabledFor(level):
+            return
         parts = [f"job={job_id}", f"task={self.name}"]
         if attempt is not None:
             parts.append(f"attempt={attempt}")
         if started is not None:
             parts.append(f"duration_ms={(time.monotonic() - started) * 1000:.1f}")
-        logger.info("%s %s", " ".join(parts), message)
+        logger.log(level, "%s %s", " ".join(parts), message)
 
 
 def _wait_for_the_ledger(longest: float) -> None:
@@ -277,6 +290,7 @@ def _wait_for_the_ledger(longest: float) -> None:
     pause = 0.5
     while True:
         connection.close()
+        ledger.close_ledger_session()
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         try:
             connection.ensure_connection()

@@ -5,9 +5,10 @@ from collections.abc import Mapping
 
 from celery.exceptions import WorkerShutdown
 from celery.worker.consumer import Consumer
+from django.conf import settings
 from vine import promise
 
-from jobs import task_message
+from jobs import task_message, throughput
 from jobs.broker import queues
 
 logger = logging.getLogger("jobs")
@@ -29,6 +30,26 @@ class DeadLetteringConsumer(Consumer):
     goes on consuming.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prefetch_for_batches()
+
+    def _prefetch_for_batches(self) -> None:
+        """A worker that consumes only throughput queues (jobs.throughput) takes
+        messages off RabbitMQ a batch per pool process at a time."""
+        names = [str(queue.name) for queue in self.app.amqp.queues.consume_from.values()]
+        sizes = [throughput.batch_size(name) for name in names]
+        if not names or not all(sizes) or not self.initial_prefetch_count:
+            if any(sizes):
+                logger.warning(
+                    "this worker consumes throughput queues beside others (%s): its prefetch "
+                    "(--prefetch-multiplier) bounds their batches", ", ".join(names)
+                )  # fmt: skip
+            return
+        multiplier = max(self.prefetch_multiplier, *sizes)
+        processes = self.initial_prefetch_count // max(self.prefetch_multiplier, 1)
+        self.prefetch_multiplier, self.initial_prefetch_count = multiplier, multiplier * processes
+
     def start(self):
         self._refuse_drifted_queues()
         return super().start()
@@ -48,6 +69,20 @@ class DeadLetteringConsumer(Consumer):
             for report in drifted:
                 logger.critical("%s", queues.drift_advice(report))
             raise WorkerShutdown(queues.drift_advice(drifted[0]))
+
+    def connection_for_write(self, url=None, heartbeat=None):
+        """The connection the worker's events go out on (Celery's Events step is the
+        only caller here): without publisher confirms, unless JOBS_CONFIRM_TASK_EVENTS.
+
+        Events feed Flower only; the ledger is the durable record of every job. A
+        confirm is a round trip for each of a job's three events, in the one process
+        that also takes every message off RabbitMQ; an event lost with a dropped
+        connection costs Flower one line of a job the ledger still has.
+        """
+        options = {} if settings.JOBS_CONFIRM_TASK_EVENTS else {"confirm_publish": False}
+        return self.ensure_connected(
+            self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options=options)
+        )
 
     def create_task_handler(self, promise=promise):
         celery_handler = super().create_task_handler(promise)

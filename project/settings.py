@@ -234,6 +234,16 @@ TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
 # --- The platform (jobs/) -----------------------------------------------------------
 # The Celery app the platform uses (jobs.app); unset, Celery's current app.
 JOBS_CELERY_APP = "project.celery:app"
+# The worker's task events go out without publisher confirms (jobs/consumer.py): they
+# feed Flower, and the ledger is the durable record. 1 confirms each (a round trip).
+JOBS_CONFIRM_TASK_EVENTS = env.bool("JOBS_CONFIRM_TASK_EVENTS", default=False)
+# Throughput queues (jobs/throughput.py), e.g. "cache=16": their jobs run in batches of
+# that many a pool process, the ledger written once a batch. Give them a worker of their own.
+JOBS_THROUGHPUT_QUEUES = {
+    queue: int(size) for queue, size in env.dict("JOBS_THROUGHPUT_QUEUES", default={}).items()
+}
+# The longest a throughput queue's message waits in the worker for its batch to fill.
+JOBS_THROUGHPUT_FLUSH_SECONDS = env.float("JOBS_THROUGHPUT_FLUSH_SECONDS", default=0.005)
 # A job whose worker died during this many of its runs is dead-lettered as poison.
 JOBS_MAX_LOST_RUNS = env.int("JOBS_MAX_LOST_RUNS", default=3)
 # classic (one node) or quorum (a cluster): see jobs/topology.py. Changing it makes the

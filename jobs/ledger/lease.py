@@ -9,13 +9,15 @@ it back records the success, each in one round trip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from jobs.ledger.rows import job_factory
+from jobs.ledger.session import ledger_session
 from jobs.ledger.statements import Statement
 from jobs.ledger.states import sources_of
 from jobs.models import Job, JobState
@@ -54,14 +56,13 @@ def without_a_live_run(jobs: list[Job]) -> list[Job]:
 _TABLE = Job._meta.db_table
 _WAITING = [s for s in sources_of(JobState.STARTED) if s != JobState.STARTED]
 
-# Takes the lease and, if the job waits, starts it: one round trip. In autocommit
-# ($6 true) the start commits without waiting for its WAL flush (see Lease).
+# Takes the lease and, if the job waits, starts it: one round trip, on the ledger
+# session (autocommit). The start commits without waiting for its WAL flush (see Lease).
 _TAKE_AND_START = Statement(
     "jobs_take_and_start",
-    "bigint, timestamptz, text, uuid, text[], boolean",
+    "bigint, timestamptz, text, uuid, text[]",
     f"WITH lease AS (SELECT pg_try_advisory_lock($1) AS taken, "
-    f"set_config('synchronous_commit', CASE WHEN $6 THEN 'off' "
-    f"ELSE current_setting('synchronous_commit') END, true) AS commit_mode), "
+    f"set_config('synchronous_commit', 'off', true) AS commit_mode), "
     f"started AS (UPDATE {_TABLE} SET state = '{JobState.STARTED}', attempts = attempts + 1, "
     f"started_at = $2, queued_at = coalesce(queued_at, $2), finished_at = NULL, worker = $3 "
     f"WHERE id = $4 AND state = ANY($5) AND (SELECT taken FROM lease) "
@@ -90,7 +91,8 @@ _started_job = job_factory(state=JobState.STARTED)
 
 class Lease:
     """A job's lease as the worker holds it: taken with the job's start, given back
-    with its success, each in a single round trip on the hot path.
+    with its success, each in a single round trip on the hot path, on the ledger's
+    own session (jobs.ledger.session), which no task body can close.
 
     The start commits asynchronously (`synchronous_commit` off for that one
     transaction): it is visible to every other session at once, and its WAL is
@@ -118,9 +120,8 @@ class Lease:
         # A worker may start a job before its publisher marked it queued (they race):
         # it was queued by then at the latest.
         now = timezone.now()
-        row = _TAKE_AND_START.fetchone(
-            [self.key, now, worker, str(self.job_id), _WAITING, connection.get_autocommit()]
-        )
+        with _on_the_session() as session:
+            row = _TAKE_AND_START.fetchone([self.key, now, worker, str(self.job_id), _WAITING], session)
         taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority = row
         self.held = bool(taken)
         if attempts is None:
@@ -133,15 +134,9 @@ class Lease:
 
     def succeed_and_release(self, job: Job, result) -> int:
         """Marks this run succeeded (if it is still the running attempt) and releases the lease."""
-        moved, _ = _SUCCEED_AND_RELEASE.fetchone(
-            [
-                None if result is None else json.dumps(result),
-                timezone.now(),
-                str(job.id),
-                job.attempts,
-                self.key,
-            ]
-        )
+        params = [None if result is None else json.dumps(result), timezone.now(), str(job.id), job.attempts]
+        with _on_the_session() as session:
+            moved, _ = _SUCCEED_AND_RELEASE.fetchone([*params, self.key], session)
         self.held = False
         return moved
 
@@ -149,16 +144,149 @@ class Lease:
         if not self.held:
             return
         self.held = False
-        if connection.connection is None:
-            return  # the connection is gone, and the lock with it
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
-        except Exception:  # noqa: BLE001
-            # A lease must never outlive its job on a reused connection.
-            connection.close()
+        _unlock([self.key])
+
+
+@contextlib.contextmanager
+def _on_the_session():
+    """The ledger session; if it fails for its connection, that connection is closed,
+    and so is Django's: both went to the same PostgreSQL, which may have restarted, and
+    the next job's body must not meet a dead connection either."""
+    session = ledger_session()
+    try:
+        yield session
+    except (OperationalError, InterfaceError):
+        session.close()
+        connection.close()
+        raise
 
 
 def _json(value):
     # Django's psycopg2 backend hands jsonb back as text.
     return json.loads(value) if isinstance(value, str) else value
+
+
+# The batch forms of the two statements above, for a throughput queue's batch of jobs
+# (jobs.throughput): every lease taken and every waiting job started in one round
+# trip; every success recorded in one synchronous commit, and then its lease given
+# back. Unprepared (one of each per batch), on the ledger session, whose planner
+# guard makes them index lookups too. A batch holds each job once: an advisory lock is
+# re-entrant, and a second copy of a job in the same batch would take it again.
+_TAKE_AND_START_MANY = (
+    f"WITH wanted AS (SELECT w.id, w.key, pg_try_advisory_lock(w.key) AS taken, "
+    f"set_config('synchronous_commit', 'off', true) AS commit_mode "
+    f"FROM unnest(%(ids)s::uuid[], %(keys)s::bigint[]) AS w(id, key)), "
+    f"started AS (UPDATE {_TABLE} j SET state = '{JobState.STARTED}', attempts = j.attempts + 1, "
+    f"started_at = %(now)s, queued_at = coalesce(j.queued_at, %(now)s), finished_at = NULL, worker = %(worker)s "
+    f"FROM wanted WHERE j.id = wanted.id AND wanted.taken AND j.state = ANY(%(waiting)s) "
+    f"AND (j.state <> '{JobState.RETRYING}' OR j.run_after IS NULL OR j.run_after <= %(now)s) "
+    f"RETURNING j.id, j.attempts, j.lost_runs, j.retries, j.task_name, j.args, j.kwargs, j.queue, j.priority) "
+    f"SELECT wanted.id, wanted.taken, started.attempts, started.lost_runs, started.retries, started.task_name, "
+    f"started.args, started.kwargs, started.queue, started.priority "
+    f"FROM wanted LEFT JOIN started ON started.id = wanted.id"
+)
+
+# The unlocks are a subquery correlated with the UPDATE's count, so they are evaluated
+# after every row is written (and row-locked until the commit), as in
+# _SUCCEED_AND_RELEASE.
+_SUCCEED_AND_RELEASE_MANY = (
+    f"WITH done AS (UPDATE {_TABLE} j SET state = '{JobState.SUCCEEDED}', result = v.result::jsonb, "
+    f"finished_at = %(now)s "
+    f"FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(results)s::text[]) AS v(id, attempts, result) "
+    f"WHERE j.id = v.id AND j.state = '{JobState.STARTED}' AND j.attempts = v.attempts RETURNING j.id) "
+    f"SELECT d.ids, (SELECT count(*) FROM unnest(%(keys)s::bigint[]) AS k(key) "
+    f"WHERE d.n >= 0 AND pg_advisory_unlock(k.key)) "
+    f"FROM (SELECT array_agg(id::text) AS ids, count(*) AS n FROM done) d"
+)
+
+
+class Leases:
+    """The leases of a batch of jobs, as a throughput queue's worker holds them: taken
+    with the jobs' start in one round trip, given back with their successes in one
+    commit. Each job's Lease is `leases[job_id]`, for the one-job paths."""
+
+    def __init__(self, job_ids: list[str]):
+        if len(set(job_ids)) != len(job_ids):
+            raise ValueError("a batch holds each job once")
+        self.leases = {job_id: Lease(job_id) for job_id in job_ids}
+
+    def __getitem__(self, job_id: str) -> Lease:
+        return self.leases[job_id]
+
+    def take_and_start(self, worker: str) -> dict[str, Job]:
+        """Takes every lease it can and starts every job that simply waits; returns
+        those jobs by id. The others (lease busy, or in any other state: their lease
+        given back here) are the caller's to run one by one."""
+        now = timezone.now()
+        params = {
+            "ids": list(self.leases), "keys": [lease.key for lease in self.leases.values()], "now": now,
+            "worker": worker, "waiting": _WAITING,
+        }  # fmt: skip
+        with _on_the_session() as session:
+            db = session.connection()
+            with db.wrap_database_errors, db.connection.cursor() as cursor:
+                cursor.execute(_TAKE_AND_START_MANY, params)
+                rows = cursor.fetchall()
+        started, not_started = {}, []
+        for job_id, taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority in rows:
+            job_id = str(job_id)
+            self.leases[job_id].held = bool(taken)
+            if not taken:
+                continue
+            if attempts is None:
+                not_started.append(job_id)
+                continue
+            started[job_id] = _started_job(
+                id=uuid.UUID(job_id), attempts=attempts, lost_runs=lost_runs, retries=retries, started_at=now,
+                task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
+            )  # fmt: skip
+        self.release(not_started)
+        return started
+
+    def succeed_and_release(self, successes: list[tuple[Job, object]]) -> set[str]:
+        """Marks each (job, result) succeeded, if it is still that job's running
+        attempt, in one commit, and gives back their leases; returns the ids moved."""
+        if not successes:
+            return set()
+        ids = [str(job.id) for job, _ in successes]
+        params = {
+            "ids": ids,
+            "attempts": [job.attempts for job, _ in successes],
+            "results": [None if result is None else json.dumps(result) for _, result in successes],
+            "now": timezone.now(),
+            "keys": [self.leases[job_id].key for job_id in ids],
+        }
+        with _on_the_session() as session:
+            db = session.connection()
+            with db.wrap_database_errors, db.connection.cursor() as cursor:
+                cursor.execute(_SUCCEED_AND_RELEASE_MANY, params)
+                moved, _ = cursor.fetchone()
+        for job_id in ids:
+            self.leases[job_id].held = False
+        return set(moved or ())
+
+    def release(self, job_ids=None) -> None:
+        """Gives back the leases of `job_ids` (every one still held, by default)."""
+        held = [
+            lease
+            for job_id, lease in self.leases.items()
+            if lease.held and (job_ids is None or job_id in job_ids)
+        ]
+        if not held:
+            return
+        for lease in held:
+            lease.held = False
+        _unlock([lease.key for lease in held])
+
+
+def _unlock(keys: list[int]) -> None:
+    """Gives back the advisory locks `keys` on the ledger session."""
+    session = ledger_session()
+    raw = session.db.connection
+    if raw is None or raw.closed:
+        return  # the connection is gone, and the locks with it
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute("SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS k", [keys])
+    except Exception:  # noqa: BLE001
+        session.close()  # a lease must never outlive its job on a reused connection

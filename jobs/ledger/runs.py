@@ -26,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs.errors import describe
-from jobs.ledger.lease import Lease
+from jobs.ledger.lease import Lease, Leases
 from jobs.ledger.moves import count_lost_run, defer, mark_dead, notify_due, recheck_lease_later, transition
 from jobs.ledger.rows import record_foreign
 from jobs.models import FINISHED_STATES, Job, JobState
@@ -130,8 +130,8 @@ def end_run(run: Run, target: JobState, *, result=None, error: BaseException | N
             # The result could not be stored; the job's success matters more.
             moved = run.lease.succeed_and_release(job, None)
         except (OperationalError, InterfaceError):
-            # The connection died with the lease on it; record the outcome on a new one.
-            connection.close()
+            # The ledger session died with the lease on it (the lease closed it, and
+            # Django's connection): record the outcome on a new connection.
             moved = 0
         if moved:
             return moved
@@ -150,6 +150,21 @@ def end_run(run: Run, target: JobState, *, result=None, error: BaseException | N
         except (OperationalError, InterfaceError):
             pass  # the relay's own pass finds the retry a little later
     return moved
+
+
+def end_runs_succeeded(leases: Leases, successes: list[tuple[Run, object]]) -> None:
+    """Writes the successes of a batch's runs (each with its result) in one commit, and
+    gives back their leases (Leases.succeed_and_release). A run the batch statement
+    could not write (a result jsonb refuses, a dropped connection, a row one attempt
+    behind after a crash of PostgreSQL) is ended on its own, as `end_run` ends one."""
+    stored = [(run, storable(result)) for run, result in successes]
+    try:
+        moved = leases.succeed_and_release([(run.job, result) for run, result in stored])
+    except (DataError, OperationalError, InterfaceError):
+        moved = set()  # nothing was written: each run on its own
+    for run, result in stored:
+        if str(run.job.id) not in moved:
+            end_run(run, JobState.SUCCEEDED, result=result)
 
 
 def end_outside_a_run(job_id: uuid.UUID | str, error: BaseException) -> Job | None:

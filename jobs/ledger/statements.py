@@ -24,24 +24,34 @@ class Statement:
     own implicit transaction (`SET LOCAL`, in the same round trip), and every plan
     made for it is an index plan. Inside a caller's transaction, where `SET LOCAL`
     would outlive the statement, a statement that looks rows up runs unprepared.
+    On the worker's ledger session (jobs.ledger.session), whose whole session runs
+    with the guard, the EXECUTE goes alone.
     """
 
     def __init__(self, name: str, types: str, sql: str, looks_up_rows: bool = True):
         self.name, self.types, self.sql, self.looks_up_rows = name, types, sql, looks_up_rows
         type_list = [t.strip() for t in types.split(",")]
         placeholders = ", ".join(["%s"] * len(type_list))
-        self.execute_sql = f"EXECUTE {name}({placeholders})"
+        self.execute_sql = f"EXECUTE {name}({placeholders})"  # on a guarded session
+        self.guarded_sql = self.execute_sql
         if looks_up_rows:
-            self.execute_sql = f"SET LOCAL enable_seqscan = off; {self.execute_sql}"
+            self.guarded_sql = f"SET LOCAL enable_seqscan = off; {self.execute_sql}"
         # The same statement with client-side parameters, planned where it runs.
         self.plain_sql = re.sub(
             r"\$(\d+)", lambda m: f"%(p{m.group(1)})s::{type_list[int(m.group(1)) - 1]}", sql
         )
 
-    def fetchone(self, params: list) -> tuple:
-        db = connections[DEFAULT_DB_ALIAS]  # this thread's; `connection` looks it up per use
-        db.close_if_health_check_failed()  # as Django's own cursors do
-        db.ensure_connection()
+    def fetchone(self, params: list, session=None) -> tuple:
+        """Executes the statement with `params` and returns its first row: on Django's
+        connection, or on `session` (a jobs.ledger.session.LedgerSession)."""
+        if session is not None:
+            db = session.connection()
+            execute_sql = self.execute_sql
+        else:
+            db = connections[DEFAULT_DB_ALIAS]  # this thread's; `connection` looks it up per use
+            db.close_if_health_check_failed()  # as Django's own cursors do
+            db.ensure_connection()
+            execute_sql = self.guarded_sql
         raw = db.connection  # the DB-API connection
         with db.wrap_database_errors:
             with raw.cursor() as cursor:
@@ -53,7 +63,7 @@ class Statement:
                 if self.name not in names:
                     self._prepare(cursor, names, autocommit)
                 try:
-                    cursor.execute(self.execute_sql, params)
+                    cursor.execute(execute_sql, params)
                 except psycopg2.errors.InvalidSqlStatementName:
                     # Deallocated behind our back (DISCARD ALL, a pooler handing out
                     # another server session): prepare again, and in autocommit retry.
@@ -61,7 +71,7 @@ class Statement:
                     if not autocommit:
                         raise
                     self._prepare(cursor, names, autocommit)
-                    cursor.execute(self.execute_sql, params)
+                    cursor.execute(execute_sql, params)
                 return cursor.fetchone()
 
     @staticmethod

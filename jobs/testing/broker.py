@@ -55,3 +55,16 @@ def ctl(*args: str, timeout: float = 120) -> str:
 def start() -> None:
     """Starts the broker under test if it is not running (idempotent)."""
     subprocess.run(START, check=True, timeout=300, stdout=subprocess.DEVNULL)
+
+
+def connections_of(pid: int, amqp_port: int) -> list[str]:
+    """The RabbitMQ connections (their Erlang pids, for rabbitmqctl) that the process
+    `pid` holds to the broker listening on `amqp_port`, matched by their client port."""
+    sockets = subprocess.run(
+        ["ss", "-tnpH", "state", "established", "dport", "=", f":{amqp_port}"],
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    ports = {line.split()[2].rsplit(":", 1)[1] for line in sockets if f"pid={pid}," in line}
+    listed = [line.split() for line in ctl("list_connections", "pid", "peer_port").splitlines()]
+    return [fields[0] for fields in listed if len(fields) == 2 and fields[1] in ports]

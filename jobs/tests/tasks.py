@@ -113,12 +113,16 @@ def lose_start_in_a_crash(self, path: str, reconnect: bool = False) -> str:
     then opens a new one itself, as a body that retries its own queries would."""
     from django.db import connection
 
+    from jobs import ledger
     from jobs.models import Job, JobState
 
     Job.objects.filter(pk=self.request.id).update(state=JobState.QUEUED, attempts=0, started_at=None)
+    ledger_pid = ledger.ledger_session().db.connection.info.backend_pid  # holds the lease
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            cursor.execute(
+                "SELECT pg_terminate_backend(%s), pg_terminate_backend(pg_backend_pid())", [ledger_pid]
+            )
     except Exception:  # noqa: BLE001 - the connection is gone, which is the point
         pass
     if reconnect:
@@ -127,6 +131,34 @@ def lose_start_in_a_crash(self, path: str, reconnect: bool = False) -> str:
     time.sleep(0.2)
     _append(path, "ran")
     return "done"
+
+
+@app.task(name="tests.close_the_connection")
+def close_the_connection(path: str) -> str:
+    """Closes Django's database connection, as a body may, then waits for the test
+    (a `go` file beside `path`, at most 10 s) and writes one line."""
+    from django.db import connection
+
+    connection.close()
+    _append(path, "closed")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(f"{path}.go") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _append(path, "ran")
+    return "done"
+
+
+@app.task(name="tests.cache_record", queue="cache", bind=True, retry_backoff=0.2, retry_backoff_max=1.0)
+def cache_record(self, path: str, value: str, fail: str = "", sleep: float = 0.0) -> str:
+    """A job of the cache queue (a throughput queue where a test makes it one): writes
+    `value`, or fails as `fail` says ("transient" once, "permanent" always)."""
+    if sleep:
+        time.sleep(sleep)
+    if fail == "permanent" or (fail == "transient" and self.request.retries == 0):
+        _append(path, f"{value}-failed")
+        raise (TransientJobError if fail == "transient" else jobs.PermanentJobError)(f"{value} failed")
+    _append(path, value)
+    return value
 
 
 @jobs.subscribe("tests.happened")

@@ -7,7 +7,7 @@ import requests
 
 from jobs import enqueue
 from jobs.models import Job, JobState
-from jobs.testing import processes, wait_for
+from jobs.testing import broker, processes, wait_for
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,3 +58,22 @@ def test_flower_refuses_anonymous_calls_and_shows_workers_and_jobs_to_operators(
         "401 both times; with the credentials it lists the worker and the finished job",
         "test_flower_refuses_anonymous_calls_and_shows_workers_and_jobs_to_operators",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("confirmed", [False, True], ids=["default", "JOBS_CONFIRM_TASK_EVENTS"])
+def test_the_workers_task_events_go_out_unconfirmed_unless_asked(
+    own_worker, rabbitmqctl, tmp_path, confirmed
+):
+    # Events feed Flower; the ledger is the durable record. A confirm would be a round
+    # trip per event in the process that takes every message off RabbitMQ.
+    own_worker.env = {**own_worker.env, "JOBS_CONFIRM_TASK_EVENTS": "1" if confirmed else "0"}
+    own_worker.start()
+    job = enqueue(tasks.record, str(tmp_path / "out"))
+    wait_for(lambda: Job.objects.get(pk=job.id).state == JobState.SUCCEEDED, message="the job")
+    ours = set(broker.connections_of(own_worker.process.pid, rabbitmqctl.amqp_port))
+    assert len(ours) >= 2, "the consumer's connection and the events' own"
+    channels = [line.split() for line in rabbitmqctl("list_channels", "connection", "confirm").splitlines()]
+    confirming = [
+        fields for fields in channels if len(fields) == 2 and fields[0] in ours and fields[1] == "true"
+    ]
+    assert len(confirming) == (1 if confirmed else 0), channels

@@ -16,7 +16,7 @@ from jobs import enqueue
 from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
 from jobs.relay import relay_pending_jobs
-from jobs.testing import wait_for
+from jobs.testing import broker, wait_for
 from jobs.testing.finishing import barrier, finished, received
 from jobs.tests import tasks
 
@@ -486,17 +486,8 @@ def test_a_retry_is_sent_even_if_the_broker_dropped_the_relays_connection(
     own_worker.start()
     first = enqueue(tasks.flaky, str(tmp_path / "first"), 1)
     assert finished(first.id).state == JobState.SUCCEEDED  # its retry opened that connection
-    relay_pid = session_relay.process.pid
-    sockets = subprocess.run(
-        ["ss", "-tnpH", "state", "established", "dport", "=", f":{rabbitmqctl.amqp_port}"],
-        capture_output=True,
-        text=True,
-    ).stdout.splitlines()
-    ports = [line.split()[2].rsplit(":", 1)[1] for line in sockets if f"pid={relay_pid}," in line]
-    assert ports, "the relay holds a connection of its own"
-    listed = rabbitmqctl("list_connections", "pid", "peer_port").splitlines()
-    dropped = [line.split()[0] for line in listed if line.split() and line.split()[-1] in ports]
-    assert len(dropped) == len(ports)
+    dropped = broker.connections_of(session_relay.process.pid, rabbitmqctl.amqp_port)
+    assert dropped, "the relay holds a connection of its own"
     for connection_pid in dropped:
         rabbitmqctl("close_connection", connection_pid, "test")
 

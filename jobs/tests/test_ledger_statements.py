@@ -29,13 +29,11 @@ def test_the_hot_path_statements_are_prepared_again_on_a_new_connection():
         lease = ledger.Lease(row.id)
         job = lease.take_and_start("celery@test")
         assert lease.held and job.attempts == 1
+        assert ledger.lock_key(row.id) in ledger.held_lease_keys()
         assert lease.succeed_and_release(job, {"n": 1}) == 1
-        with connection.cursor() as cursor:  # the lease was given back
-            cursor.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-            )
-            assert cursor.fetchone()[0] == 0
-        connection.close()  # the next job starts on a new connection, with nothing prepared
+        assert ledger.lock_key(row.id) not in ledger.held_lease_keys()  # given back
+        ledger.close_ledger_session()  # the next job starts on a new connection, with nothing prepared
+        connection.close()
 
     assert [Job.objects.get(pk=r.id).state for r in rows] == [JobState.SUCCEEDED] * 3
     assert Job.objects.get(pk=rows[0].id).result == {"n": 1}
@@ -92,8 +90,12 @@ def test_hot_path_plans_made_while_the_ledger_is_empty_stay_index_lookups():
     from django.db import connection
 
     rows = [_ledger_row(JobState.PENDING) for _ in range(3)]
-    with connection.cursor() as cursor:
-        cursor.execute("SET plan_cache_mode = force_generic_plan")  # every EXECUTE uses the kept plan
+    ledger.close_ledger_session()
+    session = ledger.ledger_session().connection()  # the worker's statements run here
+    sessions = [connection, session]
+    for db in sessions:
+        with db.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_generic_plan")  # every EXECUTE uses the kept plan
     try:
         for row in rows:  # the platform's own calls make (and keep) the plans
             assert ledger.mark_queued([row.id], 0, timezone.now()) == 1
@@ -101,17 +103,19 @@ def test_hot_path_plans_made_while_the_ledger_is_empty_stay_index_lookups():
             job = lease.take_and_start("celery@test")
             assert lease.succeed_and_release(job, None) == 1
         plans = {}
-        with connection.cursor() as cursor:
-            for name, args in [
-                ("jobs_mark_queued", "now(), ARRAY[%s], 0, now()"),
-                ("jobs_take_and_start", "1, now(), 'w', %s, ARRAY['queued'], true"),
-                ("jobs_succeed_and_release", "NULL, now(), %s, 1, 1"),
-            ]:
+        for db, name, args in [
+            (connection, "jobs_mark_queued", "now(), ARRAY[%s], 0, now()"),
+            (session, "jobs_take_and_start", "1, now(), 'w', %s, ARRAY['queued']"),
+            (session, "jobs_succeed_and_release", "NULL, now(), %s, 1, 1"),
+        ]:
+            with db.cursor() as cursor:
                 cursor.execute(f"EXPLAIN EXECUTE {name}({args})", [str(row.id)])
                 plans[name] = "\n".join(line for (line,) in cursor.fetchall())
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET plan_cache_mode")
+        for db in sessions:
+            with db.cursor() as cursor:
+                cursor.execute("RESET plan_cache_mode")
+        ledger.close_ledger_session()
     for name, plan in plans.items():
         assert "Seq Scan on jobs_job" not in plan, f"{name}:\n{plan}"
         assert "jobs_job_pkey" in plan, f"{name}:\n{plan}"
