@@ -64,8 +64,8 @@ class Batcher:
         self.buffer: list[tuple] = []
         self.timer = None
 
-    def add(self, message, item: dict, ack, reject) -> None:
-        self.buffer.append((message, item, ack, reject))
+    def add(self, item: dict, ack, reject) -> None:
+        self.buffer.append((item, ack, reject))
         self._event(
             "task-received", item, name=item["task"], args=repr(item["args"]), kwargs=repr(item["kwargs"])
         )
@@ -81,7 +81,7 @@ class Batcher:
         batch, self.buffer = self.buffer, []
         if not batch:
             return
-        items = [item for _, item, _, _ in batch]
+        items = [item for item, _, _ in batch]
         started = time.monotonic()
         app = self.consumer.app
 
@@ -91,7 +91,7 @@ class Batcher:
 
         def settled(verdicts):
             runtime = time.monotonic() - started
-            for (_message, item, ack, reject), verdict in zip(batch, verdicts, strict=True):
+            for (item, ack, reject), verdict in zip(batch, verdicts, strict=True):
                 self._carry_out(verdict, ack, reject)
                 kind = "task-succeeded" if verdict == ACK else "task-failed"
                 self._event(kind, item, runtime=runtime)
@@ -102,7 +102,7 @@ class Batcher:
             logger.error(
                 "a batch of %d %s jobs was lost with its pool process; requeued", len(batch), self.queue
             )
-            for _message, _item, ack, reject in batch:
+            for _item, ack, reject in batch:
                 self._carry_out(REQUEUE, ack, reject)
 
         soft = max(
@@ -153,7 +153,7 @@ def strategy(task, app, consumer):
             "hostname": hostname,
             "delivery_info": dict(message.delivery_info or {}),
         }
-        batcher.add(message, item, ack, reject)
+        batcher.add(item, ack, reject)
 
     return on_message
 

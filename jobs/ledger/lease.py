@@ -161,6 +161,15 @@ def _on_the_session():
         raise
 
 
+def _fetchall_on_the_session(sql: str, params: dict) -> list[tuple]:
+    """Runs one unprepared statement on the ledger session; its rows."""
+    with _on_the_session() as session:
+        db = session.connection()
+        with db.wrap_database_errors, db.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+
 def _json(value):
     # Django's psycopg2 backend hands jsonb back as text.
     return json.loads(value) if isinstance(value, str) else value
@@ -222,11 +231,7 @@ class Leases:
             "ids": list(self.leases), "keys": [lease.key for lease in self.leases.values()], "now": now,
             "worker": worker, "waiting": _WAITING,
         }  # fmt: skip
-        with _on_the_session() as session:
-            db = session.connection()
-            with db.wrap_database_errors, db.connection.cursor() as cursor:
-                cursor.execute(_TAKE_AND_START_MANY, params)
-                rows = cursor.fetchall()
+        rows = _fetchall_on_the_session(_TAKE_AND_START_MANY, params)
         started, not_started = {}, []
         for job_id, taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority in rows:
             job_id = str(job_id)
@@ -256,11 +261,7 @@ class Leases:
             "now": timezone.now(),
             "keys": [self.leases[job_id].key for job_id in ids],
         }
-        with _on_the_session() as session:
-            db = session.connection()
-            with db.wrap_database_errors, db.connection.cursor() as cursor:
-                cursor.execute(_SUCCEED_AND_RELEASE_MANY, params)
-                moved, _ = cursor.fetchone()
+        ((moved, _),) = _fetchall_on_the_session(_SUCCEED_AND_RELEASE_MANY, params)
         for job_id in ids:
             self.leases[job_id].held = False
         return set(moved or ())
