@@ -26,10 +26,11 @@ format:
 
 # Benchmarks: bare Celery against the platform (prints a table, writes docs/performance.png),
 # the drain against bare Celery and Dramatiq (about 20 minutes; installs Dramatiq into the
-# venv for the benchmark only), then PDF rendering alone.
+# venv for the benchmark only), the ledger's own CPU a job, then PDF rendering alone.
 bench:
 	bin/bootstrap
 	bin/services
 	.venv/bin/python bench/run.py $(ARGS)
 	.venv/bin/python bench/drain.py $(DRAIN_ARGS)
+	.venv/bin/python bench/ledger_cpu.py
 	.venv/bin/python bench/pdf_render.py

@@ -499,7 +499,7 @@ STEPS = {
 }
 
 GOALS = [
-    ("b_drain_ratio", ">=", 0.8, "platform drain / bare drain"),
+    ("b_drain_ratio", ">=", 0.85, "platform drain / bare drain"),
     ("c_enqueue_p99_ms", "<=", 5.0, "enqueue p99, single job, in a transaction (ms)"),
     ("d_idle_start_p99_ms", "<=", 10.0, "idle enqueue-to-start p99 (ms)"),
     ("g_bulk_enqueue_per_s", ">=", 10_000, "bulk enqueue, 10,000 in one call (jobs/s)"),
