@@ -23,6 +23,7 @@ from decimal import Decimal
 
 from django.template.loader import render_to_string
 
+import jobs
 from invoices.totals import Totals
 from jobs.errors import PermanentJobError
 
@@ -265,6 +266,25 @@ def render_pdf(document: InvoiceDocument) -> bytes:
 _engine_state = threading.local()
 
 
+class _Checkpoint(logging.Filter):
+    """WeasyPrint reports each step of a render on its progress logger, and each page it
+    lays out ("Step 5 - Creating layout - Page 3"): each is a checkpoint of the job
+    (jobs.checkpoint), so a PDF job asked to cancel stops between two pages. The record
+    itself is dropped (ten a document at INFO would drown the worker's log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        jobs.checkpoint()
+        return False
+
+
+def _checkpoint_at_each_step() -> None:
+    progress = logging.getLogger("weasyprint.progress")
+    if not any(isinstance(f, _Checkpoint) for f in progress.filters):
+        progress.addFilter(_Checkpoint())
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+
+
 def _engine():
     """WeasyPrint, this thread's font configuration and the parsed stylesheet, made once.
 
@@ -273,8 +293,7 @@ def _engine():
     for every invoice, is parsed here rather than once per document.
     """
     if not hasattr(_engine_state, "HTML"):
-        # Its progress logger reports ten steps per document at INFO.
-        logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
+        _checkpoint_at_each_step()
         import weasyprint
         from weasyprint.text.fonts import FontConfiguration
         from weasyprint.urls import URLFetcher

@@ -2,12 +2,16 @@
 
 `jobs.enqueue(...)` is the front door; see jobs.services for what it promises. A
 task body raises `jobs.TransientJobError` to ask for a retry, `jobs.PermanentJobError`
-to end its job dead at once.
+to end its job dead at once, and calls `jobs.checkpoint()` between steps so that
+`jobs.cancel(job_id)` can stop it.
 """
 
-from jobs.errors import PermanentJobError, TransientJobError
+from jobs.errors import CancelRefused, JobCancelled, PermanentJobError, TransientJobError
 
-__all__ = ["PermanentJobError", "TransientJobError", "enqueue", "enqueue_many", "publish", "subscribe"]
+__all__ = [
+    "CancelRefused", "JobCancelled", "PermanentJobError", "TransientJobError", "cancel", "checkpoint", "enqueue",
+    "enqueue_many", "publish", "subscribe",
+]  # fmt: skip
 
 
 def enqueue(task, *args, **kwargs):
@@ -36,3 +40,24 @@ def subscribe(event_name: str):
     from jobs.events import subscribe as _subscribe
 
     return _subscribe(event_name)
+
+
+def cancel(job_id, by: str = "") -> str:
+    """Shortcut for jobs.services.cancel: "cancelled" (it was waiting), "stopping" (it
+    runs, and stops at its next checkpoint or after JOBS_CANCEL_GRACE_SECONDS), or
+    CancelRefused (finished, unknown)."""
+    from jobs.services import cancel as _cancel
+
+    return _cancel(job_id, by)
+
+
+def checkpoint() -> None:
+    """In a job body: raises JobCancelled if someone asked this job to stop
+    (`jobs.cancel`); the job then ends `cancelled`. Cheap enough to call between any
+    two steps (the ledger is read at most every JOBS_CANCEL_CHECK_SECONDS). Does
+    nothing outside a worker's run of a job."""
+    from jobs.running import running_task
+
+    task = running_task()
+    if task is not None:
+        task.checkpoint()

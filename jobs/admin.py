@@ -3,8 +3,10 @@
 import json
 import uuid
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -12,12 +14,14 @@ from django.utils.html import format_html
 
 from jobs import dead_letters, launcher, selectors, services
 from jobs.admin_actions import StrictActionsMixin, job_link
+from jobs.errors import CancelRefused
 from jobs.models import DeadLetter, Event, Job, JobLaunch
 
 
 @admin.register(Job)
 class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     change_list_template = "admin/jobs/job/change_list.html"
+    change_form_template = "admin/jobs/job/change_form.html"
     list_display = ["id", "task_name", "state", "queue", "priority", "attempts", "created_at", "duration_ms"]
     list_filter = ["state", "task_name", "queue", "rescued_at"]
     search_fields = ["key", "task_name"]
@@ -31,6 +35,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         (None, {"fields": ["id", "task_name", "state", "queue", "priority", "key", "worker"]}),
         ("Payload", {"fields": ["args_pretty", "kwargs_pretty", "result"]}),
         ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty"]}),
+        ("Cancellation", {"fields": ["cancel_requested_at", "cancel_requested_by"]}),
         (
             "Timings",
             {
@@ -60,7 +65,15 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         pass
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False}
+        job = Job.objects.filter(pk=object_id).only("state").first() if object_id else None
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "can_cancel": job is not None
+            and not job.is_finished
+            and self.has_change_permission(request, job),
+        }
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_urls(self):
@@ -68,6 +81,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         return [
             path("launch/", view(self.launch_view), name="jobs_job_launch"),
             path("dashboard/", view(self.dashboard_view), name="jobs_job_dashboard"),
+            path("<uuid:object_id>/cancel/", view(self.cancel_view), name="jobs_job_cancel"),
             *super().get_urls(),
         ]
 
@@ -161,17 +175,51 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
             request, sent, len(ids), "{n} job(s) sent again.", "{n} job(s) skipped: they were not queued."
         )
 
-    @admin.action(description="Cancel selected waiting jobs", permissions=["change"])
+    @admin.action(description="Cancel selected jobs (running ones are asked to stop)", permissions=["change"])
     def cancel_jobs(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
-        cancelled = sum(services.cancel_job(job_id) for job_id in ids)
+        outcomes = {services.CANCELLED: 0, services.STOPPING: 0}
+        for job_id in ids:
+            try:
+                outcomes[services.cancel(job_id, by=request.user.get_username())] += 1
+            except CancelRefused:
+                pass
+        if outcomes[services.STOPPING]:
+            self.message_user(
+                request,
+                f"{outcomes[services.STOPPING]} running job(s) asked to stop: each ends cancelled at its next "
+                f"checkpoint, or is stopped after {settings.JOBS_CANCEL_GRACE_SECONDS:g}s.",
+                messages.SUCCESS,
+            )
         self.report_outcome(
             request,
-            cancelled,
-            len(ids),
+            outcomes[services.CANCELLED],
+            len(ids) - outcomes[services.STOPPING],
             "{n} job(s) cancelled.",
-            "{n} job(s) skipped: they had already started or finished.",
+            "{n} job(s) skipped: they had finished already.",
         )
+
+    def cancel_view(self, request, object_id):
+        """The Cancel button of a job's page (POST only)."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        try:
+            outcome = services.cancel(object_id, by=request.user.get_username())
+        except CancelRefused as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+        else:
+            if outcome == services.CANCELLED:
+                self.message_user(request, "Job cancelled.", messages.SUCCESS)
+            else:
+                self.message_user(
+                    request,
+                    "The running job was asked to stop: it ends cancelled at its next checkpoint, or is stopped "
+                    f"after {settings.JOBS_CANCEL_GRACE_SECONDS:g}s.",
+                    messages.SUCCESS,
+                )
+        return redirect("admin:jobs_job_change", object_id)
 
 
 @admin.register(DeadLetter)

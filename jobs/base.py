@@ -42,8 +42,9 @@ from django.utils import timezone
 
 from jobs import ledger, ratelimit, throughput
 from jobs import retry as retries
-from jobs.errors import PermanentJobError, TransientJobError, describe  # noqa: F401 - the first release's import path
+from jobs.errors import JobCancelled, PermanentJobError, TransientJobError, describe  # noqa: F401 - the first release's import path
 from jobs.models import Job, JobState
+from jobs.running import set_running_task
 from jobs.topology import PriorityClass, Workload
 
 logger = logging.getLogger("jobs")
@@ -149,6 +150,7 @@ class JobTask(Task):
         job, started = run.job, time.monotonic()
         # The count lives in the ledger: every copy the relay sends says retries=0.
         self.request.retries = job.retries
+        set_running_task(self)
         try:
             result = self.run(*args, **kwargs)
         except Retry as exc:
@@ -168,6 +170,9 @@ class JobTask(Task):
         except SoftTimeLimitExceeded as exc:
             self._end_dead(run, exc, started, "soft time limit exceeded")
             raise
+        except JobCancelled:
+            # It stopped at a checkpoint, as asked (jobs.cancel): no retry, no dead letter.
+            self._end_cancelled(run, started, "stopped at a checkpoint")
         except Exception as exc:  # noqa: BLE001 - every failure is classified here
             verdict = self.policy.verdict(exc, job.retries)
             if isinstance(verdict, retries.Retry):
@@ -179,6 +184,11 @@ class JobTask(Task):
                 # goes to the dead-letter queue like any failure.
                 raise Reject(describe(exc), requeue=False) from exc
             raise
+        finally:
+            set_running_task(None)
+        if getattr(self.request, "_jobs_cancel_seen", (0, False))[1]:
+            # The body saw the request (self.cancel_requested()) and returned early.
+            self._end_cancelled(run, started, "returned once asked to stop")
         if successes is not None:
             successes.append((run, result))
             return result
@@ -186,6 +196,14 @@ class JobTask(Task):
         # DEBUG: Celery's own "Task ... succeeded in" line says it at INFO already.
         self._log(job.id, "succeeded", started=started, attempt=job.attempts, level=logging.DEBUG)
         return result
+
+    def _end_cancelled(self, run: ledger.Run, started: float, how: str) -> None:
+        ledger.end_run(run, JobState.CANCELLED)
+        logger.warning(
+            "job=%s task=%s attempt=%d state=cancelled duration_ms=%.1f %s",
+            run.job.id, self.name, run.job.attempts, (time.monotonic() - started) * 1000, how,
+        )  # fmt: skip
+        raise Ignore()
 
     def _end_retrying(self, run: ledger.Run, exc: BaseException, started: float, countdown: float) -> None:
         ledger.end_run(run, JobState.RETRYING, error=exc, countdown=countdown)
@@ -216,6 +234,28 @@ class JobTask(Task):
                 job_id, self.name, describe(exc),
             )  # fmt: skip
             self._call_on_dead(job, describe(exc))
+
+    # -- cancellation ---------------------------------------------------------------
+
+    def cancel_requested(self) -> bool:
+        """Whether someone asked this job to stop (`jobs.cancel`), for a body to check
+        between steps; read from the ledger at most every JOBS_CANCEL_CHECK_SECONDS.
+        False outside a worker's run."""
+        request = self.request
+        if request.called_directly or request.is_eager or not request.id:
+            return False
+        seen = getattr(request, "_jobs_cancel_seen", None)
+        now = time.monotonic()
+        if seen is not None and (seen[1] or now - seen[0] < settings.JOBS_CANCEL_CHECK_SECONDS):
+            return seen[1]
+        asked = ledger.stop_requested(request.id)
+        request._jobs_cancel_seen = (now, asked)
+        return asked
+
+    def checkpoint(self) -> None:
+        """Raises JobCancelled if someone asked this job to stop; see `jobs.checkpoint`."""
+        if self.cancel_requested():
+            raise JobCancelled(f"job {self.request.id} was cancelled")
 
     # -- before the run -----------------------------------------------------------
 

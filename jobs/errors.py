@@ -11,6 +11,17 @@ class PermanentJobError(Exception):
     """Raise from a task body to end the job `dead` at once, with this message as its error."""
 
 
+class JobCancelled(Exception):
+    """Raised by `jobs.checkpoint()` in a job someone asked to cancel: the job ends
+    `cancelled`, with no retry and no dead letter. A body may catch it to clean up,
+    and should raise it again."""
+
+
+class CancelRefused(ValueError):
+    """`jobs.cancel` of a job that cannot be cancelled (finished, or unknown); the
+    message says why."""
+
+
 def describe(exc: BaseException) -> str:
     """`Class: message`, as the ledger and the logs show an error."""
     text = str(exc)

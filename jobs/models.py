@@ -100,6 +100,15 @@ class Job(models.Model):
     rescued_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
     )
+    cancel_requested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When someone asked to cancel it (jobs.cancel); a running job stops then.",
+    )
+    # A database default too: a row written by an older release (rolling deploy) gets it.
+    cancel_requested_by = models.CharField(
+        max_length=150, blank=True, default="", db_default="", help_text="Who asked to cancel it."
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,10 +1,11 @@
-"""Writes of the platform: enqueue a job, retry a dead one, cancel a waiting one."""
+"""Writes of the platform: enqueue a job, retry a dead one, cancel a waiting or running one."""
 
 from __future__ import annotations
 
 import datetime
 import inspect
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -17,9 +18,12 @@ from django.utils import timezone
 from jobs import ledger
 from jobs.app import celery_app
 from jobs.broker.publisher import publish_jobs
-from jobs.models import ACTIVE_STATES, Job, JobState
+from jobs.errors import CancelRefused
+from jobs.models import ACTIVE_STATES, FINISHED_STATES, Job, JobState
 from jobs.storable import find_unstorable, unstorable_text
 from jobs.topology import WORKLOAD_QUEUES, PriorityClass
+
+logger = logging.getLogger("jobs")
 
 
 class EnqueueError(ValueError):
@@ -340,13 +344,62 @@ def _publish_pending(job_ids) -> None:
     publish_jobs(list(Job.objects.filter(pk__in=list(job_ids), state=JobState.PENDING)))
 
 
-def cancel_job(job_id: uuid.UUID | str) -> bool:
-    """Cancels a job that has not started (pending, queued or waiting to retry).
+CANCELLED = "cancelled"
+STOPPING = "stopping"
 
-    Its message, if already in RabbitMQ, is acknowledged without running. Returns
-    False for a job that is running or finished, which cannot be cancelled.
+
+def cancel(job_id: uuid.UUID | str, by: str = "") -> str:
+    """Cancels a job; `by` says who asked (the admin passes the user's name).
+
+    - Waiting (pending, queued or waiting to retry): it is `cancelled` now, and its
+      message, if already in RabbitMQ, is acknowledged without running. Returns
+      "cancelled".
+    - Running: it is asked to stop, and returns "stopping". Its body sees it at its
+      next checkpoint (`self.cancel_requested()`, `jobs.checkpoint()`) and the job
+      ends `cancelled`; a body that does not stop within JOBS_CANCEL_GRACE_SECONDS is
+      stopped by its worker (the prefork pool process running it is terminated), and
+      the job ends `cancelled` too, not retried and not dead-lettered.
+    - Finished, or unknown: raises CancelRefused, whose message says why.
     """
-    return bool(ledger.cancel(job_id))
+    try:
+        job_id = uuid.UUID(str(job_id))
+    except ValueError:
+        raise CancelRefused(f"{job_id!r} is not a job id.") from None
+    for _ in range(3):  # a job may move between the writes (started, say): look again
+        with transaction.atomic():
+            if ledger.cancel(job_id, by):
+                return CANCELLED
+            if ledger.request_stop(job_id, by):
+                after_commit(_ask_workers_to_stop, str(job_id))
+                return STOPPING
+        state = Job.objects.filter(pk=job_id).values_list("state", flat=True).first()
+        if state is None:
+            raise CancelRefused(f"There is no job {job_id}.")
+        if state in FINISHED_STATES:
+            raise CancelRefused(f"Job {job_id} is {state} already: a finished job cannot be cancelled.")
+        if state == JobState.STARTED:
+            return STOPPING  # asked already: the first request's grace period runs
+    raise CancelRefused(f"Job {job_id} kept changing state ({state} now) while being cancelled; try again.")
+
+
+def _ask_workers_to_stop(job_id: str) -> None:
+    """Tells every worker to stop the job's run if it is still running after the grace
+    period (jobs.remote_control.jobs_stop). A worker that misses it (disconnected) leaves
+    the body to its checkpoints."""
+    try:
+        celery_app().control.broadcast(
+            "jobs_stop", arguments={"job_id": job_id, "grace": settings.JOBS_CANCEL_GRACE_SECONDS}
+        )
+    except Exception as exc:  # noqa: BLE001 - the ledger holds the request; the checkpoints still see it
+        logger.warning("job=%s could not tell the workers to stop it (%s)", job_id, exc)
+
+
+def cancel_job(job_id: uuid.UUID | str) -> bool:
+    """jobs.cancel as a yes or no: True if the job is cancelled or stopping."""
+    try:
+        return bool(cancel(job_id))
+    except CancelRefused:
+        return False
 
 
 def prune_jobs(

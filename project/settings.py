@@ -256,6 +256,12 @@ JOBS_QUORUM_DELIVERY_LIMIT = env.int("JOBS_QUORUM_DELIVERY_LIMIT", default=20)
 JOBS_LEDGER_WAIT_SECONDS = env.float("JOBS_LEDGER_WAIT_SECONDS", default=60.0)
 # Seconds before a copy that found the job's lease taken (a copy running elsewhere) looks again.
 JOBS_LEASE_BUSY_RETRY_SECONDS = env.float("JOBS_LEASE_BUSY_RETRY_SECONDS", default=5.0)
+# A running job asked to cancel (jobs.cancel) that has not stopped at a checkpoint after
+# this many seconds is stopped: its worker's pool process is terminated.
+JOBS_CANCEL_GRACE_SECONDS = env.float("JOBS_CANCEL_GRACE_SECONDS", default=10.0)
+# A body's cancel checks (self.cancel_requested(), jobs.checkpoint()) read the ledger at
+# most this often.
+JOBS_CANCEL_CHECK_SECONDS = env.float("JOBS_CANCEL_CHECK_SECONDS", default=0.5)
 # Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk
 # alarm blocks publishers); past it the job stays pending for the relay.
 JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=5.0)

@@ -6,10 +6,11 @@ checks it). The verbs, by the step of a job's life they serve:
 - enqueue: `record`, `record_many` (rows.py); `link_to_event` (moves.py)
 - publish: `mark_queued`, `BackgroundMarks` (marks.py)
 - run: `Lease`, `Leases` (lease.py), on `ledger_session` (session.py); `admit`, `end_run`,
-  `end_runs_succeeded`, `end_outside_a_run` (runs.py)
+  `end_runs_succeeded`, `end_stopped_run`, `end_outside_a_run` (runs.py)
 - wait: `defer`, `recheck_lease_later`, `recheck_leases_at`, `end_lease_rechecks`,
   `notify_due` (moves.py)
-- operate: `retry_dead`, `queued_back_to_pending`, `cancel`, `mark_dead`,
+- operate: `retry_dead`, `queued_back_to_pending`, `cancel`, `request_stop`, `stop_requested`,
+  `mark_dead`,
   `mark_rescued`, `prune` (moves.py, rows.py)
 
 Every move of `Job.state` is checked against one table (states.py). The flow of a
@@ -31,7 +32,9 @@ from jobs.ledger.moves import (
     queued_back_to_pending,
     recheck_lease_later,
     recheck_leases_at,
+    request_stop,
     retry_dead,
+    stop_requested,
     transition,
 )
 from jobs.ledger.rows import job_factory, prune, record, record_foreign, record_many
@@ -43,6 +46,7 @@ from jobs.ledger.runs import (
     end_outside_a_run,
     end_run,
     end_runs_succeeded,
+    end_stopped_run,
     error_fields,
     storable,
 )
@@ -53,8 +57,8 @@ from jobs.ledger.states import ALLOWED_TRANSITIONS, IllegalTransition, sources_o
 __all__ = [
     "ALLOWED_TRANSITIONS", "DUE_CHANNEL", "BackgroundMarks", "IllegalTransition", "Lease", "Leases", "Poison", "Run",
     "Skip", "Statement", "admit", "cancel", "close_ledger_session", "count_lost_run", "defer", "end_lease_rechecks",
-    "end_outside_a_run", "end_run", "end_runs_succeeded", "error_fields", "held_lease_keys", "job_factory", "link_to_event",
+    "end_outside_a_run", "end_run", "end_runs_succeeded", "end_stopped_run", "error_fields", "held_lease_keys", "job_factory", "link_to_event",
     "ledger_session", "lock_key", "mark_dead", "mark_queued", "mark_rescued", "notify_due", "prune", "queued_back_to_pending",
-    "recheck_lease_later", "recheck_leases_at", "record", "record_foreign", "record_many", "retry_dead",
-    "sources_of", "storable", "transition", "without_a_live_run",
+    "recheck_lease_later", "recheck_leases_at", "record", "record_foreign", "record_many", "request_stop",
+    "retry_dead", "sources_of", "stop_requested", "storable", "transition", "without_a_live_run",
 ]  # fmt: skip

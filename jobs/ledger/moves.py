@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
+from jobs.ledger.lease import _fetchall_on_the_session
 from jobs.ledger.states import check_sources
 from jobs.models import Event, Job, JobState
 
@@ -130,14 +131,35 @@ def queued_back_to_pending(job_ids: Iterable[uuid.UUID | str]) -> list:
     return queued
 
 
-def cancel(job_id: uuid.UUID | str) -> int:
+def cancel(job_id: uuid.UUID | str, by: str = "") -> int:
     """Cancels a job that has not started (pending, queued or waiting to retry)."""
+    now = timezone.now()
     return transition(
         job_id,
         JobState.CANCELLED,
         only_from=[JobState.PENDING, JobState.QUEUED, JobState.RETRYING],
-        finished_at=timezone.now(),
+        finished_at=now,
+        cancel_requested_at=now,
+        cancel_requested_by=by[:150],
     )
+
+
+def request_stop(job_id: uuid.UUID | str, by: str = "") -> int:
+    """Asks a running job to stop: its body sees it at its next checkpoint, and the
+    worker stops it after JOBS_CANCEL_GRACE_SECONDS. 0 if it is not running, or was
+    asked already."""
+    return Job.objects.filter(pk=job_id, state=JobState.STARTED, cancel_requested_at__isnull=True).update(
+        cancel_requested_at=timezone.now(), cancel_requested_by=by[:150]
+    )
+
+
+def stop_requested(job_id: uuid.UUID | str) -> bool:
+    """Whether someone asked the job to stop (a read, on the ledger session)."""
+    rows = _fetchall_on_the_session(
+        f"SELECT cancel_requested_at IS NOT NULL FROM {Job._meta.db_table} WHERE id = %(id)s",
+        {"id": str(job_id)},
+    )
+    return bool(rows and rows[0][0])
 
 
 def mark_dead(job_id: uuid.UUID | str, only_from: Iterable[JobState] | None = None, **fields) -> int:

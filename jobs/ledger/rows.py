@@ -55,7 +55,8 @@ def job_factory(**fixed):
 _NEW_ROW_COLUMNS = ("id", "task_name", "args", "kwargs", "queue", "priority", "run_after", "created_at", "key",
                     "unique_key")  # fmt: skip
 _NEW_ROW_CONSTANTS = {"state": JobState.PENDING.value, "attempts": 0, "retries": 0, "lost_runs": 0,
-                      "last_error": "", "last_error_class": "", "last_traceback": "", "worker": ""}  # fmt: skip
+                      "last_error": "", "last_error_class": "", "last_traceback": "", "worker": "",
+                      "cancel_requested_by": ""}  # fmt: skip
 _ALL_NEW_ROW_COLUMNS = ", ".join([*_NEW_ROW_COLUMNS, *_NEW_ROW_CONSTANTS])
 
 

@@ -84,6 +84,14 @@ def admit(lease: Lease, worker: str, if_unknown: Callable[[], dict]) -> Run | Sk
     wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
     if job.state == JobState.RETRYING and wait > 0:
         return Skip(f"a copy came {wait:.2f}s before the retry is due; the relay sends it then")
+    if job.state == JobState.STARTED and job.cancel_requested_at is not None:
+        # Its run was asked to stop and did not come back: the worker stopped it
+        # (JOBS_CANCEL_GRACE_SECONDS), or it died meanwhile. Either way it is cancelled.
+        if not transition(job_id, JobState.CANCELLED, only_from=[JobState.STARTED],
+                          where={"attempts": job.attempts}, finished_at=timezone.now()):  # fmt: skip
+            return Skip("it moved meanwhile; acknowledged without running")
+        logger.warning("job=%s task=%s cancelled: its run was stopped", job_id, job.task_name)
+        return Skip("cancelled while running; its run was stopped, acknowledged")
     if job.state == JobState.STARTED:
         lost = job.lost_runs + 1
         if lost >= settings.JOBS_MAX_LOST_RUNS:
@@ -119,9 +127,12 @@ def admit(lease: Lease, worker: str, if_unknown: Callable[[], dict]) -> Run | Sk
 def end_run(run: Run, target: JobState, *, result=None, error: BaseException | None = None,
             countdown: float | None = None) -> int:  # fmt: skip
     """Writes how `run` ended: `succeeded` with `result`, `retrying` (due in `countdown`
-    seconds, the retry counted) or `dead`, with `error`. Only if `run` is still the
-    job's running attempt; returns 0 if a newer attempt owns the row."""
+    seconds, the retry counted), `dead` with `error`, or `cancelled` (it stopped when
+    asked). Only if `run` is still the job's running attempt; returns 0 if a newer
+    attempt owns the row."""
     job = run.job
+    if target == JobState.CANCELLED:
+        return _write_outcome(run, target, finished_at=timezone.now())
     if target == JobState.SUCCEEDED:
         result = storable(result)
         try:
@@ -165,6 +176,18 @@ def end_runs_succeeded(leases: Leases, successes: list[tuple[Run, object]]) -> N
     for run, result in stored:
         if str(run.job.id) not in moved:
             end_run(run, JobState.SUCCEEDED, result=result)
+
+
+def end_stopped_run(job_id: uuid.UUID | str) -> int:
+    """Ends `cancelled` a job asked to stop whose run its worker has just stopped (the
+    pool process terminated: jobs.remote_control). 0 if it ended otherwise first."""
+    return transition(
+        job_id,
+        JobState.CANCELLED,
+        only_from=[JobState.STARTED],
+        where={"cancel_requested_at__isnull": False},
+        finished_at=timezone.now(),
+    )
 
 
 def end_outside_a_run(job_id: uuid.UUID | str, error: BaseException) -> Job | None:

@@ -7,7 +7,8 @@ its move against it.
 Publishing and starting race (a worker may start a job before the publisher marks
 it queued), hence PENDING -> STARTED. A run whose worker died is started again,
 hence STARTED -> STARTED. An operator's retry of a dead job is a new attempt of the
-same row: DEAD -> PENDING, through the outbox. A retry waits in the ledger, not in
+same row: DEAD -> PENDING, through the outbox. A running job asked to stop ends
+STARTED -> CANCELLED. A retry waits in the ledger, not in
 a worker: the relay publishes it when due, hence RETRYING -> QUEUED.
 """
 
@@ -21,7 +22,14 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     JobState.PENDING: frozenset({JobState.QUEUED, JobState.STARTED, JobState.CANCELLED, JobState.DEAD}),
     JobState.QUEUED: frozenset({JobState.STARTED, JobState.CANCELLED, JobState.DEAD, JobState.PENDING}),
     JobState.STARTED: frozenset(
-        {JobState.STARTED, JobState.SUCCEEDED, JobState.RETRYING, JobState.DEAD, JobState.PENDING}
+        {
+            JobState.STARTED,
+            JobState.SUCCEEDED,
+            JobState.RETRYING,
+            JobState.DEAD,
+            JobState.PENDING,
+            JobState.CANCELLED,
+        }
     ),
     JobState.RETRYING: frozenset(
         {JobState.QUEUED, JobState.STARTED, JobState.DEAD, JobState.CANCELLED, JobState.PENDING}

@@ -133,6 +133,22 @@ def lose_start_in_a_crash(self, path: str, reconnect: bool = False) -> str:
     return "done"
 
 
+@app.task(name="tests.steps", bind=True)
+def steps(self, path: str, n: int, pause: float = 0.05, check: str = "checkpoint") -> int:
+    """`n` steps of `pause` seconds, each a side effect (a line); between steps it checks
+    for a cancel as `check` says: "checkpoint" (jobs.checkpoint), "asked"
+    (self.cancel_requested()), or "never"."""
+    for step in range(n):
+        if check == "checkpoint":
+            jobs.checkpoint()
+        elif check == "asked" and self.cancel_requested():
+            _append(path, "stopping")
+            return step
+        _append(path, f"step{step}")
+        time.sleep(pause)
+    return n
+
+
 @app.task(name="tests.close_the_connection")
 def close_the_connection(path: str) -> str:
     """Closes Django's database connection, as a body may, then waits for the test

@@ -55,7 +55,7 @@ def test_cancel_action_cancels_a_waiting_job_and_skips_a_finished_one(client, tm
 
     body = response.content.decode()
     assert "1 job(s) cancelled." in body
-    assert "1 job(s) skipped: they had already started or finished." in body
+    assert "1 job(s) skipped: they had finished already." in body
     assert Job.objects.get(pk=waiting.id).state == JobState.CANCELLED
     assert Job.objects.get(pk=done.id).state == JobState.SUCCEEDED
 
