@@ -116,7 +116,9 @@ ACCESS: dict[str, Access] = {
     **model_admin("jobs.job", "job", NOBODY, SAVED, NOBODY),
     "admin:jobs_job_launch": Access(SUPERUSER, SUPERUSER, notes="jobs.launch_job"),
     "admin:jobs_job_dashboard": Access(VIEW, VIEW),
-    "admin:jobs_job_cancel": Access("L L 403 403 405 405", SAVED, obj="job", notes="POST cancels (jobs.cancel)"),
+    "admin:jobs_job_cancel": Access(
+        "L L 403 403 405 405", SAVED, obj="job", notes="POST cancels (jobs.cancel)"
+    ),
     **model_admin("jobs.deadletter", "dead_letter", NOBODY, SAVED, SUPERUSER),
     **model_admin("jobs.event", "event", NOBODY, CHANGE, SUPERUSER),
     **model_admin("jobs.joblaunch", "job_launch", NOBODY, NOBODY, NOBODY),
