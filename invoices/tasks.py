@@ -46,6 +46,25 @@ def generate_pdf(invoice_id: int, email_to_customer: bool = False) -> str:
     return rendering.generate_pdf(invoice_id, email_to_customer=email_to_customer)
 
 
+@shared_task(bind=True, name="invoices.generate_pdfs", queue=Workload.INVOICES, transient_errors=(OSError,))
+def generate_pdfs(self, invoice_ids: list[int]) -> dict:
+    """A bulk run of PDFs (`manage.py generate_invoices`), one job an operator can watch
+    (its progress, invoice by invoice) and cancel (it checks before each invoice and at
+    every page). An invoice that cannot get a PDF is recorded in its history and
+    skipped; a transient error retries the run, which skips the PDFs already stored."""
+    done, failed = 0, {}
+    for position, invoice_id in enumerate(invoice_ids, start=1):
+        jobs.checkpoint()
+        try:
+            rendering.generate_pdf(invoice_id)
+            done += 1
+        except jobs.PermanentJobError as exc:
+            failed[str(invoice_id)] = str(exc)
+            events.record_pdf_failed(invoice_id, Job(id=self.request.id), str(exc))
+        self.progress(position, len(invoice_ids), f"invoice {invoice_id}: {len(failed)} failed so far")
+    return {"done": done, "failed": failed}
+
+
 @jobs.subscribe(events.INVOICE_ISSUED)
 @shared_task(
     base=IssuedInvoicePdfTask,

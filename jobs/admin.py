@@ -22,7 +22,9 @@ from jobs.models import DeadLetter, Event, Job, JobLaunch
 class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     change_list_template = "admin/jobs/job/change_list.html"
     change_form_template = "admin/jobs/job/change_form.html"
-    list_display = ["id", "task_name", "state", "queue", "priority", "attempts", "created_at", "duration_ms"]
+    list_display = [
+        "id", "task_name", "state", "progress_bar", "queue", "priority", "attempts", "created_at", "duration_ms",
+    ]  # fmt: skip
     list_filter = ["state", "task_name", "queue", "rescued_at"]
     search_fields = ["key", "task_name"]
     search_help_text = "A job id, an idempotency key, or part of a task name."
@@ -35,6 +37,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         (None, {"fields": ["id", "task_name", "state", "queue", "priority", "key", "worker"]}),
         ("Payload", {"fields": ["args_pretty", "kwargs_pretty", "result"]}),
         ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty"]}),
+        ("Progress", {"fields": ["progress_bar", "progress_at"]}),
         ("Cancellation", {"fields": ["cancel_requested_at", "cancel_requested_by"]}),
         (
             "Timings",
@@ -152,6 +155,20 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     @admin.display(description="traceback")
     def traceback_pretty(self, obj):
         return format_html("<pre>{}</pre>", obj.last_traceback) if obj.last_traceback else "-"
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj):
+        """A bar and the body's message (self.progress): done of total, or done alone."""
+        if obj.progress_at is None:
+            return "-"
+        percent = obj.progress_percent
+        if percent is None:
+            label = f"{obj.progress_done:,} done"
+            bar = format_html('<progress title="{}"></progress>', label)
+        else:
+            label = f"{obj.progress_done:,} / {obj.progress_total:,} ({percent:g}%)"
+            bar = format_html('<progress max="100" value="{}" title="{}"></progress>', percent, label)
+        return format_html("{} {}<br><small>{}</small>", bar, label, obj.progress_message)
 
     @admin.display(description="duration (ms)")
     def duration_ms(self, obj):

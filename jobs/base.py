@@ -150,9 +150,14 @@ class JobTask(Task):
         job, started = run.job, time.monotonic()
         # The count lives in the ledger: every copy the relay sends says retries=0.
         self.request.retries = job.retries
+        self.request._jobs_run = run
         set_running_task(self)
         try:
-            result = self.run(*args, **kwargs)
+            try:
+                result = self.run(*args, **kwargs)
+            finally:
+                set_running_task(None)
+                self._flush_progress()  # the latest report, before the run's end is written
         except Retry as exc:
             # The task body called self.retry() (see `retry`): nothing was sent, and
             # the ledger schedules the retry like any other.
@@ -184,8 +189,6 @@ class JobTask(Task):
                 # goes to the dead-letter queue like any failure.
                 raise Reject(describe(exc), requeue=False) from exc
             raise
-        finally:
-            set_running_task(None)
         if getattr(self.request, "_jobs_cancel_seen", (0, False))[1]:
             # The body saw the request (self.cancel_requested()) and returned early.
             self._end_cancelled(run, started, "returned once asked to stop")
@@ -234,6 +237,46 @@ class JobTask(Task):
                 job_id, self.name, describe(exc),
             )  # fmt: skip
             self._call_on_dead(job, describe(exc))
+
+    # -- progress -------------------------------------------------------------------
+
+    def progress(self, done: int, total: int | None = None, message: str = "") -> None:
+        """Reports how far the job is: `done` of `total` steps (None if unknown), with a
+        short `message`. The admin and `GET /api/jobs/<id>` show it. Call it as often as
+        is convenient: the ledger is written at most every JOBS_PROGRESS_SECONDS, and
+        the latest report when the run ends. Does nothing outside a worker's run."""
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise ValueError(f"progress: done must be a count (an int of 0 or more), not {done!r}")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+            raise ValueError(f"progress: total must be None or an int of 0 or more, not {total!r}")
+        if not isinstance(message, str):
+            raise ValueError(f"progress: message must be text, not {type(message).__name__}")
+        request = self.request
+        if request.called_directly or request.is_eager or not request.id:
+            return
+        report = (done, total, message[:200])
+        last = getattr(request, "_jobs_progress_written", None)
+        now = time.monotonic()
+        if last is not None and now - last < settings.JOBS_PROGRESS_SECONDS:
+            request._jobs_progress_pending = report
+            return
+        self._write_progress(report)
+
+    def _write_progress(self, report) -> None:
+        request = self.request
+        request._jobs_progress_written, request._jobs_progress_pending = time.monotonic(), None
+        run = getattr(request, "_jobs_run", None)
+        if run is None:
+            return
+        try:
+            ledger.record_progress(run.job.id, run.job.attempts, *report)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("job=%s task=%s progress not recorded (%s)", run.job.id, self.name, exc)
+
+    def _flush_progress(self) -> None:
+        report = getattr(self.request, "_jobs_progress_pending", None)
+        if report is not None:
+            self._write_progress(report)
 
     # -- cancellation ---------------------------------------------------------------
 

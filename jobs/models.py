@@ -100,6 +100,16 @@ class Job(models.Model):
     rescued_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
     )
+    progress_done = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Steps done, as the body reports."
+    )
+    progress_total = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Steps in all, if known."
+    )
+    progress_message = models.CharField(max_length=200, blank=True, default="", db_default="")
+    progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the body last reported progress."
+    )
     cancel_requested_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -140,6 +150,13 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+    @property
+    def progress_percent(self) -> float | None:
+        """Done as a share of the total, 0 to 100; None without a known total."""
+        if self.progress_done is None or not self.progress_total:
+            return None
+        return round(min(100.0, 100.0 * self.progress_done / self.progress_total), 1)
 
     @property
     def duration(self):

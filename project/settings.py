@@ -262,6 +262,8 @@ JOBS_CANCEL_GRACE_SECONDS = env.float("JOBS_CANCEL_GRACE_SECONDS", default=10.0)
 # A body's cancel checks (self.cancel_requested(), jobs.checkpoint()) read the ledger at
 # most this often.
 JOBS_CANCEL_CHECK_SECONDS = env.float("JOBS_CANCEL_CHECK_SECONDS", default=0.5)
+# A body's progress reports (self.progress()) are written to the ledger at most this often.
+JOBS_PROGRESS_SECONDS = env.float("JOBS_PROGRESS_SECONDS", default=1.0)
 # Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk
 # alarm blocks publishers); past it the job stays pending for the relay.
 JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=5.0)

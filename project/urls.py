@@ -13,5 +13,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
     path("metrics", metrics_view, name="metrics"),
+    path("api/", include("jobs.urls")),
     path("", include("invoices.urls")),
 ]

@@ -6,11 +6,12 @@ from django.core.management import call_command
 from invoices.models import Customer, Invoice, InvoiceStatus
 from invoices.tests.factories import make_customer, make_invoice
 from jobs.models import Job
+from jobs.testing import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_generate_invoices_enqueues_bulk_pdfs_waits_and_summarizes(worker, capsys):
+def test_generate_invoices_runs_one_bulk_job_prints_its_progress_and_summarizes(worker, capsys):
     customer = make_customer()
     issued = [make_invoice(customer, lines=2) for _ in range(4)]
     Invoice.objects.filter(pk__in=[i.pk for i in issued]).update(status=InvoiceStatus.ISSUED)
@@ -24,12 +25,36 @@ def test_generate_invoices_enqueues_bulk_pdfs_waits_and_summarizes(worker, capsy
     call_command("generate_invoices", "--no-wait")
     second = capsys.readouterr().out
 
-    assert "enqueued 5 PDF job(s) at bulk priority" in first
-    assert "done: 4, dead: 1, unfinished: 0" in first
-    assert {job.priority for job in Job.objects.filter(task_name="invoices.generate_pdf")} == {1}
+    assert "enqueued a bulk PDF job for 5 invoice(s) at bulk priority" in first
+    # Not a terminal: progress lines, the last one complete.
+    progress = [line for line in first.splitlines() if line.startswith("progress: ")]
+    assert progress and progress[-1].startswith("progress: 5/5 (100%)")
+    assert "succeeded: 4 PDF(s) stored, 1 failed" in first
+    assert f"invoice {broken.pk}: Invoice {broken.number}, line 1" in first
+    (job,) = Job.objects.filter(task_name="invoices.generate_pdfs", state="succeeded")
+    assert job.priority == 1 and job.progress_done == 5 and job.progress_total == 5
     assert all(Invoice.objects.get(pk=i.pk).pdf for i in issued)
+    assert broken.events.filter(type="pdf_failed").exists()
     # Current PDFs are skipped; the broken invoice is asked again.
-    assert "enqueued 1 PDF job(s)" in second
+    assert "enqueued a bulk PDF job for 1 invoice(s)" in second
+
+
+def test_generate_invoices_bulk_job_cancelled_from_the_admin_stops_between_invoices(worker, capsys):
+    import jobs
+
+    customer = make_customer()
+    invoices = [make_invoice(customer, lines=2) for _ in range(40)]
+    Invoice.objects.filter(pk__in=[i.pk for i in invoices]).update(status=InvoiceStatus.ISSUED)
+    call_command("generate_invoices", "--no-wait")
+    (job,) = Job.objects.filter(task_name="invoices.generate_pdfs")
+    wait_for(lambda: (Job.objects.get(pk=job.pk).progress_done or 0) >= 2, message="a few PDFs")
+
+    assert jobs.cancel(job.id, by="operator") == "stopping"
+
+    job = wait_for(lambda: Job.objects.filter(pk=job.pk, state="cancelled").first(), message="the cancel")
+    stored = Invoice.objects.filter(pk__in=[i.pk for i in invoices]).exclude(pdf="").count()
+    assert 2 <= stored < 40
+    assert stored == job.progress_done  # the last report is the last PDF: none after the stop
 
 
 def test_seed_demo_creates_customers_and_invoices_once(worker, smtp, capsys):

@@ -9,6 +9,7 @@ checks it). The verbs, by the step of a job's life they serve:
   `end_runs_succeeded`, `end_stopped_run`, `end_outside_a_run` (runs.py)
 - wait: `defer`, `recheck_lease_later`, `recheck_leases_at`, `end_lease_rechecks`,
   `notify_due` (moves.py)
+- report: `record_progress` (moves.py)
 - operate: `retry_dead`, `queued_back_to_pending`, `cancel`, `request_stop`, `stop_requested`,
   `mark_dead`,
   `mark_rescued`, `prune` (moves.py, rows.py)
@@ -32,6 +33,7 @@ from jobs.ledger.moves import (
     queued_back_to_pending,
     recheck_lease_later,
     recheck_leases_at,
+    record_progress,
     request_stop,
     retry_dead,
     stop_requested,
@@ -59,6 +61,6 @@ __all__ = [
     "Skip", "Statement", "admit", "cancel", "close_ledger_session", "count_lost_run", "defer", "end_lease_rechecks",
     "end_outside_a_run", "end_run", "end_runs_succeeded", "end_stopped_run", "error_fields", "held_lease_keys", "job_factory", "link_to_event",
     "ledger_session", "lock_key", "mark_dead", "mark_queued", "mark_rescued", "notify_due", "prune", "queued_back_to_pending",
-    "recheck_lease_later", "recheck_leases_at", "record", "record_foreign", "record_many", "request_stop",
+    "recheck_lease_later", "recheck_leases_at", "record", "record_foreign", "record_many", "record_progress", "request_stop",
     "retry_dead", "sources_of", "stop_requested", "storable", "transition", "without_a_live_run",
 ]  # fmt: skip

@@ -153,6 +153,24 @@ def request_stop(job_id: uuid.UUID | str, by: str = "") -> int:
     )
 
 
+def record_progress(
+    job_id: uuid.UUID | str, attempts: int, done: int, total: int | None, message: str
+) -> int:
+    """Writes a running job's progress (its run's own attempt only), on the ledger
+    session; committed without waiting for the disk (a progress lost with a crash of
+    PostgreSQL is written again by the next report)."""
+    rows = _fetchall_on_the_session(
+        f"WITH mode AS (SELECT set_config('synchronous_commit', 'off', true)) "
+        f"UPDATE {Job._meta.db_table} SET progress_done = %(done)s, progress_total = %(total)s, "
+        f"progress_message = %(message)s, progress_at = %(now)s "
+        f"WHERE id = %(id)s AND state = %(started)s AND attempts = %(attempts)s AND (SELECT true FROM mode) "
+        f"RETURNING 1",
+        {"id": str(job_id), "attempts": attempts, "done": done, "total": total, "message": message,
+         "now": timezone.now(), "started": JobState.STARTED.value},
+    )  # fmt: skip
+    return len(rows)
+
+
 def stop_requested(job_id: uuid.UUID | str) -> bool:
     """Whether someone asked the job to stop (a read, on the ledger session)."""
     rows = _fetchall_on_the_session(

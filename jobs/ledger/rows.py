@@ -56,7 +56,7 @@ _NEW_ROW_COLUMNS = ("id", "task_name", "args", "kwargs", "queue", "priority", "r
                     "unique_key")  # fmt: skip
 _NEW_ROW_CONSTANTS = {"state": JobState.PENDING.value, "attempts": 0, "retries": 0, "lost_runs": 0,
                       "last_error": "", "last_error_class": "", "last_traceback": "", "worker": "",
-                      "cancel_requested_by": ""}  # fmt: skip
+                      "cancel_requested_by": "", "progress_message": ""}  # fmt: skip
 _ALL_NEW_ROW_COLUMNS = ", ".join([*_NEW_ROW_COLUMNS, *_NEW_ROW_CONSTANTS])
 
 

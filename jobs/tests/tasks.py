@@ -149,6 +149,16 @@ def steps(self, path: str, n: int, pause: float = 0.05, check: str = "checkpoint
     return n
 
 
+@app.task(name="tests.progressing", bind=True)
+def progressing(self, path: str, n: int, pause: float) -> int:
+    """Reports progress at every one of `n` steps, `pause` seconds apart."""
+    for step in range(1, n + 1):
+        self.progress(step, n, f"step {step} of {n}")
+        time.sleep(pause)
+    _append(path, "done")
+    return n
+
+
 @app.task(name="tests.close_the_connection")
 def close_the_connection(path: str) -> str:
     """Closes Django's database connection, as a body may, then waits for the test

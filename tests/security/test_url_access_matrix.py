@@ -139,6 +139,9 @@ ACCESS: dict[str, Access] = {
     "invoices:request-invoice-pdf": Access("L L 403 403 405 405", "L L 403 403 202 202", obj="invoice"),
     "health": Access("200 200 200 200 200 200", "200 200 200 200 200 200"),
     "metrics": Access("401 401 401 200 200 200", "405 405 405 405 405 405", notes="or a Bearer token"),
+    "jobs:job_detail": Access(
+        "401 403 403 200 200 200", "405 405 405 405 405 405", obj="job", notes="jobs.view_job"
+    ),
 }
 
 

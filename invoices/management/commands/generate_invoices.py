@@ -1,18 +1,21 @@
 import time
 
 from django.core.management.base import BaseCommand
-from django.db import transaction
+from django.urls import reverse
 from tqdm import tqdm
 
-from invoices import selectors, services
+import jobs
+from invoices import selectors
 from invoices.models import Invoice, InvoiceStatus
-from jobs.models import Job, JobState
+from invoices.tasks import generate_pdfs
+from jobs.models import Job
 
 
 class Command(BaseCommand):
     help = (
-        "Enqueues PDF jobs at bulk priority for every issued invoice without a current PDF "
-        "(or those matching the filters), then shows progress until they are done."
+        "Renders the PDF of every issued invoice without a current one (or of those matching "
+        "the filters) in one bulk job at bulk priority, which the admin shows with its progress "
+        "and can cancel; then follows its progress until it ends."
     )
 
     def add_arguments(self, parser):
@@ -27,34 +30,54 @@ class Command(BaseCommand):
         if customer:
             invoices = invoices.filter(customer_id=customer)
         started = time.monotonic()
-        job_ids = []
-        with transaction.atomic():
-            for invoice in invoices.iterator(chunk_size=500):
-                document = selectors.invoice_document(invoice)
-                if (
-                    not all
-                    and invoice.pdf
-                    and invoice.pdf_fingerprint == selectors.document_fingerprint(document)
-                ):
-                    continue
-                job_ids.append(services.request_pdf(invoice, priority="bulk").id)
-        self.stdout.write(f"enqueued {len(job_ids)} PDF job(s) at bulk priority")
-        if no_wait or not job_ids:
+        invoice_ids = []
+        for invoice in invoices.order_by("pk").iterator(chunk_size=500):
+            document = selectors.invoice_document(invoice)
+            if (
+                not all
+                and invoice.pdf
+                and invoice.pdf_fingerprint == selectors.document_fingerprint(document)
+            ):
+                continue
+            invoice_ids.append(invoice.pk)
+        if not invoice_ids:
+            self.stdout.write("every selected invoice has a current PDF; nothing to do")
             return
-        finished_states = [JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED]
-        done = 0
-        with tqdm(total=len(job_ids), unit="pdf", disable=None) as bar:
-            while done < len(job_ids) and time.monotonic() - started < timeout:
-                now_done = Job.objects.filter(pk__in=job_ids, state__in=finished_states).count()
-                bar.update(now_done - done)
-                done = now_done
-                if done < len(job_ids):
-                    time.sleep(0.5)
-        counts = dict.fromkeys(finished_states, 0)
-        for state in Job.objects.filter(pk__in=job_ids).values_list("state", flat=True):
-            counts[state] = counts.get(state, 0) + 1
-        elapsed = time.monotonic() - started
+        job = jobs.enqueue(generate_pdfs, invoice_ids, priority="bulk")
+        page = reverse("admin:jobs_job_change", args=[job.id])
         self.stdout.write(
-            f"done: {counts[JobState.SUCCEEDED]}, dead: {counts[JobState.DEAD]}, "
-            f"unfinished: {len(job_ids) - done}, elapsed: {elapsed:.1f}s"
+            f"enqueued a bulk PDF job for {len(invoice_ids)} invoice(s) at bulk priority: job {job.id} "
+            f"(admin: {page})"
         )
+        if no_wait:
+            return
+        job = self._follow(job, len(invoice_ids), started + timeout)
+        elapsed = time.monotonic() - started
+        result = job.result if isinstance(job.result, dict) else {}
+        failed = result.get("failed", {})
+        self.stdout.write(
+            f"{job.state}: {result.get('done', 0)} PDF(s) stored, {len(failed)} failed, elapsed: {elapsed:.1f}s"
+        )
+        for invoice_id, error in failed.items():
+            self.stdout.write(f"  invoice {invoice_id}: {error}")
+
+    def _follow(self, job: Job, total: int, deadline: float) -> Job:
+        """A progress bar on a terminal; elsewhere (logs, CI) a line each time it moves."""
+        on_a_terminal = self.stdout.isatty()
+        shown = -1
+        with tqdm(total=total, unit="pdf", disable=not on_a_terminal) as bar:
+            while time.monotonic() < deadline:
+                job.refresh_from_db()
+                done = job.progress_done or 0
+                if done != shown:
+                    if on_a_terminal:
+                        bar.update(done - max(shown, 0))
+                    else:
+                        self.stdout.write(
+                            f"progress: {done}/{total} ({100 * done // total}%) {job.progress_message}"
+                        )
+                    shown = done
+                if job.is_finished:
+                    break
+                time.sleep(0.5)
+        return job
