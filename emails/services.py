@@ -3,6 +3,7 @@ resend one. Sending it is the worker's (emails.delivery, run by emails.tasks).""
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ def queue_email(
     attachments: Sequence[dict] = (),
     key: str | None = None,
     priority: str | None = None,
+    expires: datetime.datetime | None = None,
 ) -> OutgoingEmail:
     """Records an email and enqueues its send job, in the caller's transaction.
 
@@ -64,7 +66,7 @@ def queue_email(
     try:
         with transaction.atomic():
             email.save(force_insert=True)
-            email.job = jobs.enqueue(send_email, email.id, priority=priority)
+            email.job = jobs.enqueue(send_email, email.id, priority=priority, expires=expires)
             email.save(update_fields=["job"])
     except IntegrityError:
         if key is None:

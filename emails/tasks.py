@@ -14,6 +14,9 @@ class SendEmailTask(JobTask):
     def on_dead(self, job: Job, error: str) -> None:
         delivery.mark_failed(job.args[0], error)
 
+    def on_expired(self, job: Job) -> None:
+        delivery.mark_failed(job.args[0], f"Not sent: {job.last_error or 'past its deadline'}")
+
 
 @shared_task(
     base=SendEmailTask,

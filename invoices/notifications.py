@@ -73,6 +73,7 @@ def _queue_for_customer(invoice: Invoice, what: str, **fields) -> OutgoingEmail:
             "customer's email address; the email is listed as failed under Outgoing emails."
         )
         fields.pop("priority", None)
+        fields.pop("expires", None)
         record_refused_email(refusal, **fields)
         raise EmailInputError(refusal) from None
 
@@ -92,6 +93,11 @@ def queue_payment_received(invoice: Invoice) -> OutgoingEmail:
         context=invoice_context(invoice),
         key=f"payment-received:{invoice.id}",
     )
+
+
+def _end_of(day: datetime.date) -> datetime.datetime:
+    """The first moment after `day`, in the project's time zone."""
+    return timezone.make_aware(datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min))
 
 
 def queue_overdue_reminders(today: datetime.date | None = None) -> int:
@@ -121,6 +127,8 @@ def queue_overdue_reminders(today: datetime.date | None = None) -> int:
                     context=invoice_context(invoice),
                     key=key,
                     priority="bulk",
+                    # Not sent on its day, it is not sent the next (that day has its own).
+                    expires=_end_of(today),
                 )
             except EmailInputError as exc:
                 logger.warning("invoice=%s payment reminder refused: %s", invoice.id, exc)

@@ -34,6 +34,7 @@ from celery.exceptions import (
     Retry,
     SoftTimeLimitExceeded,
     TaskPredicate,
+    TimeLimitExceeded,
 )
 from celery.utils.time import maybe_make_aware
 from django.conf import settings
@@ -75,6 +76,15 @@ class JobTask(Task):
     retry_backoff_max: float = 600.0
     retry_jitter = True
 
+    @property
+    def soft_time_limit(self) -> float | None:
+        """The task's soft time limit: CELERY_TASK_SOFT_TIME_LIMIT unless the task sets
+        its own, and never above its hard limit (`time_limit`). Celery's pool arms the
+        hard limit only once the soft one has passed, so a soft limit above the hard
+        one would leave the hard one unenforced until then."""
+        soft, hard = self.app.conf.task_soft_time_limit, self.time_limit
+        return min(soft, hard) if soft and hard else soft or None
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # A declared policy is what Celery's own max_retries says too (its eager
@@ -94,6 +104,8 @@ class JobTask(Task):
             admitted = ledger.admit(lease, request.hostname or "", lambda: self._row_of_unknown(args, kwargs))
             if isinstance(admitted, ledger.Skip):
                 self._log(job_id, admitted.reason)
+                if isinstance(admitted, ledger.Expired) and admitted.job is not None:
+                    self._call_hook(self.on_expired, admitted.job)
                 raise Ignore()
             if isinstance(admitted, ledger.Poison):
                 logger.error(
@@ -173,6 +185,11 @@ class JobTask(Task):
             self._end_retrying(run, cause, started, countdown)
             raise
         except SoftTimeLimitExceeded as exc:
+            limits = self.request.timelimit or (None, None)
+            soft = limits[1] or self.soft_time_limit
+            exc.args = exc.args or (
+                f"soft time limit ({soft:g}s) exceeded" if soft else "soft time limit exceeded",
+            )
             self._end_dead(run, exc, started, "soft time limit exceeded")
             raise
         except JobCancelled:
@@ -343,17 +360,45 @@ class JobTask(Task):
         retry._jobs_max_retries = options.get("max_retries")  # autoretry_for's retry_kwargs, say
         raise retry
 
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """Celery's hook. The worker's main process calls it when a run passes its hard
+        time limit and its pool process is killed: the job ends `dead` with that reason
+        (the copy Celery then requeues finds it dead and runs nothing)."""
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        error = TimeLimitExceeded(f"hard time limit ({exc.args[0] if exc.args else '?'}s) exceeded")
+        try:
+            job = ledger.end_outside_a_run(task_id, error, only_from=[JobState.STARTED])
+        except Exception:  # noqa: BLE001 - the event loop goes on; the lease rules end it later
+            logger.exception(
+                "job=%s task=%s could not be marked dead after its hard time limit", task_id, self.name
+            )
+            return
+        if job is not None:
+            logger.error(
+                "job=%s task=%s state=dead reason=hard time limit exceeded error=%s", task_id, self.name,
+                describe(error),
+            )  # fmt: skip
+            self._call_on_dead(job, describe(error))
+
     def on_dead(self, job: Job, error: str) -> None:
         """Hook for a task class: runs once the job is marked dead, whichever way it
         died: its body failed, it was poison, an error outside its body, or RabbitMQ
         dead-lettered its message (then in the dead-letter keeper, see
         `ended_dead`)."""
 
+    def on_expired(self, job: Job) -> None:
+        """Hook for a task class: runs once a job of it reached its deadline to start
+        (`expires`) unstarted and ended `cancelled` without running."""
+
     def _call_on_dead(self, job: Job, error: str) -> None:
+        self._call_hook(self.on_dead, job, error)
+
+    def _call_hook(self, hook, job: Job, *args) -> None:
         try:
-            self.on_dead(job, error)
+            hook(job, *args)
         except Exception:  # noqa: BLE001 - a hook must not change how the job ends
-            logger.exception("job=%s task=%s on_dead hook failed", job.id, self.name)
+            logger.exception("job=%s task=%s %s hook failed", job.id, self.name, hook.__name__)
 
     def _log(self, job_id, message: str, started: float | None = None, attempt: int | None = None,
              level: int = logging.INFO):  # fmt: skip

@@ -17,6 +17,11 @@ class JobCancelled(Exception):
     and should raise it again."""
 
 
+class JobExpired(Exception):
+    """Recorded as the error of a job that was not started by its deadline (`expires`):
+    it ends `cancelled` without running."""
+
+
 class CancelRefused(ValueError):
     """`jobs.cancel` of a job that cannot be cancelled (finished, or unknown); the
     message says why."""

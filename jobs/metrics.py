@@ -52,6 +52,15 @@ class PlatformCollector:
         rescued.add_metric([], selectors.rescued_since(24))
         yield rescued
 
+        expired = GaugeMetricFamily(
+            "jobs_expired",
+            "Jobs in the ledger not started by their deadline (expires), per queue.",
+            labels=["queue"],
+        )
+        for queue, count in selectors.expired_by_queue():
+            expired.add_metric([queue], count)
+        yield expired
+
         dead = GaugeMetricFamily("jobs_dead_letters_open", "Dead letters not yet replayed or discarded.")
         dead.add_metric([], selectors.open_dead_letters())
         yield dead

@@ -100,6 +100,19 @@ class Job(models.Model):
     rescued_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
     )
+    soft_time_limit = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds a run may take before its body is interrupted (else the task's).",
+    )
+    time_limit = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds a run may take before its process is killed (else the task's).",
+    )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Not started by then, it never runs: it ends cancelled, as expired."
+    )
     progress_done = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Steps done, as the body reports."
     )

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from jobs import topology
 from jobs.app import celery_app
-from jobs.models import DeadLetter, DeadLetterState, Job
+from jobs.models import DeadLetter, DeadLetterState, Job, JobState
 
 # Histogram buckets, in seconds, for enqueue-to-start latency and run time.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -20,6 +20,20 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 def jobs_by_state_and_queue() -> list[tuple[str, str, int]]:
     rows = Job.objects.values_list("queue", "state").annotate(n=Count("id")).order_by("queue", "state")
     return [(queue, state, n) for queue, state, n in rows]
+
+
+EXPIRED_ERROR_CLASS = "jobs.errors.JobExpired"
+
+
+def expired_by_queue() -> list[tuple[str, int]]:
+    """Jobs in the ledger that reached their deadline to start (`expires`) unstarted."""
+    rows = (
+        Job.objects.filter(state=JobState.CANCELLED, last_error_class=EXPIRED_ERROR_CLASS)
+        .values_list("queue")
+        .annotate(n=Count("id"))
+        .order_by("queue")
+    )
+    return list(rows)
 
 
 def queue_depths(timeout: float = 2.0) -> dict[str, int | None] | None:

@@ -133,6 +133,9 @@ def enqueue(
     unique_key: str | None = None,
     unique_states: tuple[str, ...] = ACTIVE_STATES,
     run_after: datetime.datetime | None = None,
+    expires: datetime.datetime | float | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
     **kwargs,
 ) -> Job:
     """Records a job in the caller's transaction and publishes it after commit.
@@ -149,6 +152,11 @@ def enqueue(
       has finished, the key is free again. Concurrent callers are serialized on a
       transaction-scoped advisory lock, so two of them never both insert.
     - `run_after` defers the job: the relay publishes it once that time has come.
+    - `expires` (a datetime, or seconds from now) is its deadline to start: a job not
+      started by then never runs, and ends `cancelled` as expired (JobExpired).
+    - `soft_time_limit` and `time_limit` (seconds) replace the task's own limits for
+      this job: past the soft one its body gets SoftTimeLimitExceeded and the job ends
+      `dead`; past the hard one its process is killed and the job ends `dead`.
     - Bad input (unknown task, arguments that do not fit or are not JSON, too
       large, text PostgreSQL cannot store: NUL or a lone surrogate in any string,
       dict key, `key` or `unique_key`) raises EnqueueError before anything is
@@ -156,7 +164,7 @@ def enqueue(
     """
     return enqueue_call(
         task, args, kwargs, priority=priority, key=key, unique_key=unique_key, unique_states=unique_states,
-        run_after=run_after,
+        run_after=run_after, expires=expires, soft_time_limit=soft_time_limit, time_limit=time_limit,
     )  # fmt: skip
 
 
@@ -170,6 +178,9 @@ def enqueue_call(
     unique_key: str | None = None,
     unique_states: tuple[str, ...] = ACTIVE_STATES,
     run_after: datetime.datetime | None = None,
+    expires: datetime.datetime | float | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
     queue: str | None = None,
     signature: inspect.Signature | None = None,
 ) -> Job:
@@ -183,12 +194,15 @@ def enqueue_call(
     _check_key(task, unique_key, "unique_key")
     queue = _checked_queue(task, queue)
     priority_class = _priority_class(task, priority)
+    options = _run_options(task, expires, soft_time_limit, time_limit, run_after)
     if key is not None:
         existing = Job.objects.filter(key=key).first()
         if existing is not None:
             return existing
     if unique_key is None:
-        return _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_key, run_after)
+        return _record_and_publish(
+            task, args, kwargs, queue, priority_class, key, unique_key, run_after, options
+        )
     with transaction.atomic():
         with transaction.get_connection().cursor() as cursor:
             # Held until the caller's transaction ends: the next caller with this
@@ -197,7 +211,9 @@ def enqueue_call(
         existing = Job.objects.filter(unique_key=unique_key, state__in=unique_states).first()
         if existing is not None:
             return existing
-        return _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_key, run_after)
+        return _record_and_publish(
+            task, args, kwargs, queue, priority_class, key, unique_key, run_after, options
+        )
 
 
 def _checked_queue(task: Task, queue: str | None = None) -> str:
@@ -233,7 +249,42 @@ def after_commit(func, *args, **kwargs) -> None:
     transaction.on_commit(call, robust=True)
 
 
-def _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_key, run_after) -> Job:
+def _run_options(task, expires, soft_time_limit, time_limit, run_after=None) -> dict:
+    """A job's own deadline and time limits, checked: the ledger columns they fill."""
+
+    def seconds(name: str, value) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**9:
+            raise EnqueueError(
+                f"Job {task.name!r}: {name} must be a number of seconds above 0, not {value!r}."
+            )
+        return float(value)
+
+    soft, hard = seconds("soft_time_limit", soft_time_limit), seconds("time_limit", time_limit)
+    if soft is not None and hard is not None and soft >= hard:
+        raise EnqueueError(
+            f"Job {task.name!r}: soft_time_limit ({soft:g}s) must be below time_limit ({hard:g}s)."
+        )
+    if isinstance(expires, datetime.datetime):
+        if timezone.is_naive(expires):
+            raise EnqueueError(f"Job {task.name!r}: expires must be an aware datetime (with a time zone).")
+        expires_at = expires
+    elif expires is None:
+        expires_at = None
+    else:
+        expires_at = timezone.now() + datetime.timedelta(seconds=seconds("expires", expires))
+    if expires_at is not None and run_after is not None and run_after >= expires_at:
+        raise EnqueueError(
+            f"Job {task.name!r}: run_after ({run_after.isoformat()}) is not before expires "
+            f"({expires_at.isoformat()}); the job could never start."
+        )
+    return {"soft_time_limit": soft, "time_limit": hard, "expires_at": expires_at}
+
+
+def _record_and_publish(
+    task, args, kwargs, queue, priority_class, key, unique_key, run_after, options
+) -> Job:
     job = Job(
         id=uuid.uuid4(),
         task_name=task.name,
@@ -244,6 +295,7 @@ def _record_and_publish(task, args, kwargs, queue, priority_class, key, unique_k
         key=key,
         unique_key=unique_key or "",
         run_after=run_after,
+        **options,
     )
     if key is None:
         ledger.record(job)  # a fresh uuid: nothing to collide with, no savepoint
@@ -265,6 +317,9 @@ def enqueue_many(
     *,
     priority: PriorityClass | str | None = None,
     run_after: datetime.datetime | None = None,
+    expires: datetime.datetime | float | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
     publish_batch_size: int = 1000,
 ) -> list[Job]:
     """Records many jobs of one task with one COPY; publishes them after commit.
@@ -274,18 +329,20 @@ def enqueue_many(
     checks it (one bad call raises EnqueueError and writes nothing). After commit
     the jobs are published in chunks of `publish_batch_size`, with the confirms of
     one chunk coming in while the next is sent; a chunk that fails stays pending for
-    the relay, like any job.
+    the relay, like any job. `expires`, `soft_time_limit` and `time_limit` are
+    enqueue's, for every job of the call.
     """
     task = resolve_task(task)
     _checked_queue(task)
     priority_class = _priority_class(task, priority)
+    options = _run_options(task, expires, soft_time_limit, time_limit, run_after)
     if not isinstance(publish_batch_size, int) or publish_batch_size < 1:
         raise EnqueueError(
             f"publish_batch_size must be a whole number of 1 or more, not {publish_batch_size!r}."
         )
     signature = inspect.signature(task.run)
     new_job = ledger.job_factory(
-        task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after
+        task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after, **options
     )
     jobs, payloads = [], []
     # Whether arguments fit the signature depends only on their count and keyword

@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.contrib.messages import get_messages
 from django.core.files.storage import default_storage
 from django.urls import reverse
+from django.utils import timezone
 
 from emails.models import EmailStatus, EmailTemplate, OutgoingEmail
 from invoices import notifications, services
@@ -48,7 +49,7 @@ def test_invoice_pdf_is_emailed_with_its_attachment_intact(worker, smtp):
 
 def test_overdue_reminders_are_sent_once_per_invoice_per_day(worker, smtp):
     customer = make_customer()
-    today = datetime.date(2026, 11, 23)
+    today = timezone.localdate()
     overdue = make_invoice(customer, issue_date=today - datetime.timedelta(days=30))
     make_invoice(customer, issue_date=today)  # not due yet
     Invoice.objects.update(status=InvoiceStatus.ISSUED)  # issued long ago (no new event now)
@@ -61,6 +62,29 @@ def test_overdue_reminders_are_sent_once_per_invoice_per_day(worker, smtp):
     wait_for(lambda: reminders.filter(status=EmailStatus.SENT).count() == 2, message="two reminders")
     assert {m["Subject"] for m in smtp.received} == {f"Reminder: invoice {overdue.number} is overdue"}
     assert len(smtp.received) == 2
+
+
+def test_a_reminder_not_sent_on_its_day_is_not_sent_the_next(own_worker, smtp):
+    customer = make_customer()
+    yesterday = timezone.localdate() - datetime.timedelta(days=1)
+    make_invoice(customer, issue_date=yesterday - datetime.timedelta(days=30))
+    Invoice.objects.update(status=InvoiceStatus.ISSUED)
+    assert notifications.queue_overdue_reminders(yesterday) == 1  # the workers were down all that day
+    email = OutgoingEmail.objects.get(template=EmailTemplate.PAYMENT_REMINDER)
+    job = Job.objects.get(pk=email.job_id)
+    assert timezone.localtime(job.expires_at) == timezone.make_aware(
+        datetime.datetime.combine(yesterday + datetime.timedelta(days=1), datetime.time.min)
+    )
+
+    own_worker.start()
+
+    job = finished(job.id)
+    assert job.state == JobState.CANCELLED and job.last_error_class == "jobs.errors.JobExpired"
+    email = wait_for(
+        lambda: OutgoingEmail.objects.filter(pk=email.pk, status=EmailStatus.FAILED).first(), message="failed"
+    )
+    assert email.last_error.startswith("Not sent: JobExpired: Not started by its deadline")
+    assert smtp.received == []
 
 
 def test_payment_received_email_follows_mark_paid(worker, smtp):
@@ -129,7 +153,7 @@ def test_mark_paid_in_the_admin_with_a_good_address_queues_the_email(worker, smt
 
 
 def test_one_customer_with_a_bad_address_does_not_hold_back_the_other_reminders(worker, smtp):
-    today = datetime.date(2026, 11, 23)
+    today = timezone.localdate()
     long_ago = today - datetime.timedelta(days=30)
     bad = make_invoice(make_customer("Bad", "bad@example.com"), issue_date=long_ago)
     make_invoice(make_customer("Good", "good@example.com"), issue_date=long_ago)

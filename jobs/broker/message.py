@@ -35,7 +35,9 @@ def build_message(job: Job) -> amqp.Message:
     timelimit, replaced_task_nesting, stamped_headers, stamps) would all be empty,
     and Celery's worker reads each of them with that same empty default: a row's
     delay is kept in the ledger (the relay publishes it when due), not in an eta;
-    time limits are the task's own. Each header costs a publish its bytes and its
+    time limits are the task's own unless the job has its own (`timelimit`); a deadline
+    is the ledger's (`expires_at`, checked when the job would start), never Celery's
+    `expires`, which would discard the message with the ledger none the wiser. Each header costs a publish its bytes and its
     serialization.
     """
     task_id = str(job.id)
@@ -52,6 +54,15 @@ def build_message(job: Job) -> amqp.Message:
         # The ledger keeps the outcome; no result backend is written.
         "ignore_result": True,
     }
+    if job.soft_time_limit is not None or job.time_limit is not None:
+        # This job's own limits, as Celery reads them: [hard, soft], None for the task's.
+        # Its own hard limit caps its soft one (Celery's pool arms the hard limit only
+        # once the soft one has passed): the body is interrupted then, and killed if it
+        # has not ended.
+        soft = job.soft_time_limit
+        if job.time_limit is not None and (soft is None or soft > job.time_limit):
+            soft = job.time_limit
+        headers["timelimit"] = [job.time_limit, soft]
     body = json.dumps([args, kwargs, _EMBED]).encode()
     return amqp.Message(
         body,

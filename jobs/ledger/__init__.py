@@ -41,6 +41,7 @@ from jobs.ledger.moves import (
 )
 from jobs.ledger.rows import job_factory, prune, record, record_foreign, record_many
 from jobs.ledger.runs import (
+    Expired,
     Poison,
     Run,
     Skip,
@@ -57,7 +58,7 @@ from jobs.ledger.statements import Statement
 from jobs.ledger.states import ALLOWED_TRANSITIONS, IllegalTransition, sources_of
 
 __all__ = [
-    "ALLOWED_TRANSITIONS", "DUE_CHANNEL", "BackgroundMarks", "IllegalTransition", "Lease", "Leases", "Poison", "Run",
+    "ALLOWED_TRANSITIONS", "DUE_CHANNEL", "BackgroundMarks", "Expired", "IllegalTransition", "Lease", "Leases", "Poison", "Run",
     "Skip", "Statement", "admit", "cancel", "close_ledger_session", "count_lost_run", "defer", "end_lease_rechecks",
     "end_outside_a_run", "end_run", "end_runs_succeeded", "end_stopped_run", "error_fields", "held_lease_keys", "job_factory", "link_to_event",
     "ledger_session", "lock_key", "mark_dead", "mark_queued", "mark_rescued", "notify_due", "prune", "queued_back_to_pending",

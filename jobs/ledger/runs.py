@@ -25,7 +25,7 @@ from django.db import DataError, InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
-from jobs.errors import describe
+from jobs.errors import JobExpired, describe
 from jobs.ledger.lease import Lease, Leases
 from jobs.ledger.moves import count_lost_run, defer, mark_dead, notify_due, recheck_lease_later, transition
 from jobs.ledger.rows import record_foreign
@@ -48,6 +48,13 @@ class Skip:
     """This copy of the job's message is acknowledged without running; `reason` says why."""
 
     reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Expired(Skip):
+    """The job was not started by its deadline (`expires`): it is `cancelled` now."""
+
+    job: Job | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +88,14 @@ def admit(lease: Lease, worker: str, if_unknown: Callable[[], dict]) -> Run | Sk
     job = record_foreign(job_id, **if_unknown())
     if job.state in FINISHED_STATES:
         return Skip(f"already {job.state}; acknowledged without running")
+    now = timezone.now()
+    if job.expires_at is not None and job.expires_at <= now and job.state != JobState.STARTED:
+        error = JobExpired(f"Not started by its deadline ({job.expires_at.isoformat()}); it never ran.")
+        if not transition(job_id, JobState.CANCELLED, only_from=[job.state], **error_fields(error)):
+            return Skip("it moved meanwhile; acknowledged without running")
+        job.state, job.last_error = JobState.CANCELLED, describe(error)
+        logger.warning("job=%s task=%s expired: %s", job_id, job.task_name, describe(error))
+        return Expired("expired before it started; acknowledged without running", job)
     wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
     if job.state == JobState.RETRYING and wait > 0:
         return Skip(f"a copy came {wait:.2f}s before the retry is due; the relay sends it then")
@@ -190,11 +205,12 @@ def end_stopped_run(job_id: uuid.UUID | str) -> int:
     )
 
 
-def end_outside_a_run(job_id: uuid.UUID | str, error: BaseException) -> Job | None:
+def end_outside_a_run(job_id: uuid.UUID | str, error: BaseException, only_from=None) -> Job | None:
     """Ends `dead` a job whose message fails outside its body (a soft time limit while
-    waiting on a lock, a bug): its message goes to the dead-letter queue, and the
-    ledger must say dead too. Returns the job if this moved it."""
-    waiting_or_running = [JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING]
+    waiting on a lock, a bug, a hard time limit): its message goes to the dead-letter
+    queue or is dropped, and the ledger must say dead too. Returns the job if this
+    moved it."""
+    waiting_or_running = only_from or [JobState.PENDING, JobState.QUEUED, JobState.STARTED, JobState.RETRYING]
     if not mark_dead(job_id, only_from=waiting_or_running, **error_fields(error)):
         return None
     return Job.objects.filter(pk=job_id).first()

@@ -105,6 +105,14 @@ def hang(path: str) -> None:
     _append(path, "end")
 
 
+@app.task(name="tests.hard_limited", time_limit=1)
+def hard_limited(path: str) -> None:
+    """Past its hard time limit (1 s), in a call that no soft limit interrupts."""
+    _append(path, "start")
+    time.sleep(5)
+    _append(path, "end")
+
+
 @app.task(name="tests.lose_start_in_a_crash", bind=True)
 def lose_start_in_a_crash(self, path: str, reconnect: bool = False) -> str:
     """Does to its own ledger row what a crash of PostgreSQL does to an asynchronously
