@@ -14,6 +14,7 @@ import jobs
 from jobs import enqueue
 from jobs.models import DeadLetter, Job, JobState
 from jobs.testing import wait_for
+from jobs.testing.finishing import finished
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,19 +39,9 @@ def _running(job_id, path: str, steps: int = 3) -> Job:
     )
 
 
-def _finished(job_id, timeout: float = 20.0) -> Job:
-    return wait_for(
-        lambda: Job.objects.filter(
-            pk=job_id, state__in=[JobState.CANCELLED, JobState.SUCCEEDED, JobState.DEAD]
-        ).first(),
-        timeout=timeout,
-        message="the job to end",
-    )
-
-
 def _the_worker_goes_on(tmp_path) -> None:
     after = enqueue(tasks.record, str(tmp_path / "after"))
-    assert _finished(after.id).state == JobState.SUCCEEDED
+    assert finished(after.id).state == JobState.SUCCEEDED
 
 
 def test_a_running_job_that_checks_stops_within_a_second_and_ends_cancelled(worker, tmp_path):
@@ -60,7 +51,7 @@ def test_a_running_job_that_checks_stops_within_a_second_and_ends_cancelled(work
 
     assert jobs.cancel(job.id, by="operator") == "stopping"
 
-    job = _finished(job.id)
+    job = finished(job.id)
     assert job.state == JobState.CANCELLED
     assert job.cancel_requested_by == "operator"
     assert (job.finished_at - job.cancel_requested_at).total_seconds() < 1.0
@@ -82,7 +73,7 @@ def test_a_body_that_sees_the_request_and_returns_ends_cancelled(worker, tmp_pat
 
     assert jobs.cancel(job.id) == "stopping"
 
-    job = _finished(job.id)
+    job = finished(job.id)
     assert job.state == JobState.CANCELLED
     assert tasks.lines(path)[-1] == "stopping"
     assert job.result is None
@@ -104,7 +95,7 @@ def test_a_body_that_never_checks_is_stopped_after_the_grace_period_and_ends_can
 
     assert jobs.cancel(job.id, by="operator") == "stopping"
 
-    job = _finished(job.id, timeout=GRACE + 20)
+    job = finished(job.id, timeout=GRACE + 20)
     assert job.state == JobState.CANCELLED
     assert job.attempts == 1 and job.lost_runs == 0 and job.retries == 0
     effects = _stamped(path)
@@ -159,7 +150,7 @@ def test_the_job_page_cancels_a_running_job_with_its_button(worker, client, tmp_
     response = client.post(reverse("admin:jobs_job_cancel", args=[job.id]), follow=True)
 
     assert "The running job was asked to stop" in response.content.decode()
-    job = _finished(job.id)
+    job = finished(job.id)
     assert job.state == JobState.CANCELLED and job.cancel_requested_by == "operator"
     assert "Cancel this job" not in client.get(page).content.decode()
     refused = client.post(reverse("admin:jobs_job_cancel", args=[job.id]), follow=True).content.decode()
@@ -197,7 +188,7 @@ def test_a_copy_of_a_job_whose_stopped_run_was_not_recorded_ends_it_cancelled_wi
 
     publish_jobs([job])
 
-    job = _finished(job.id)
+    job = finished(job.id)
     assert job.state == JobState.CANCELLED and job.attempts == 1 and job.lost_runs == 0
     assert tasks.lines(path) == []
     wait_for(

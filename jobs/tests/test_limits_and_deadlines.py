@@ -13,6 +13,7 @@ from jobs import enqueue, enqueue_many
 from jobs.models import Job, JobState
 from jobs.services import EnqueueError
 from jobs.testing import wait_for
+from jobs.testing.finishing import finished
 from jobs.tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,21 +21,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 _TIME_LIMITS = ("billiard.exceptions.SoftTimeLimitExceeded", "billiard.exceptions.TimeLimitExceeded")
 
 
-def _ended(job_id, timeout: float = 30.0) -> Job:
-    return wait_for(
-        lambda: Job.objects.filter(
-            pk=job_id, state__in=[JobState.DEAD, JobState.SUCCEEDED, JobState.CANCELLED]
-        ).first(),
-        timeout=timeout,
-        message="the job to end",
-    )
-
-
 def test_a_job_past_its_declared_hard_time_limit_is_killed_and_ends_dead_once(worker, tmp_path):
     path = str(tmp_path / "out")
     job = enqueue(tasks.hard_limited, path)
 
-    job = _ended(job.id)
+    job = finished(job.id)
 
     # At its hard limit the body is interrupted, and its process killed if it goes on;
     # which of the two the ledger records first depends on the race.
@@ -43,14 +34,14 @@ def test_a_job_past_its_declared_hard_time_limit_is_killed_and_ends_dead_once(wo
     assert job.finished_at - job.started_at < datetime.timedelta(seconds=4)
     assert tasks.lines(path) == ["start"]  # stopped mid-body, never run again
     after = enqueue(tasks.record, str(tmp_path / "after"))
-    assert _ended(after.id).state == JobState.SUCCEEDED
+    assert finished(after.id).state == JobState.SUCCEEDED
 
 
 def test_limits_given_at_enqueue_replace_the_tasks(worker, tmp_path):
     soft = enqueue(tasks.sleep, str(tmp_path / "soft"), 5, soft_time_limit=0.5)
     hard = enqueue(tasks.sleep, str(tmp_path / "hard"), 5, time_limit=1)
 
-    soft, hard = _ended(soft.id), _ended(hard.id)
+    soft, hard = finished(soft.id), finished(hard.id)
 
     assert (soft.state, soft.soft_time_limit) == (JobState.DEAD, 0.5)
     assert soft.last_error_class == "billiard.exceptions.SoftTimeLimitExceeded"
@@ -75,11 +66,11 @@ def test_a_job_not_started_by_its_deadline_never_runs_and_ends_cancelled_as_expi
     own_worker.start()
 
     for job in [late, *many]:
-        job = _ended(job.id)
+        job = finished(job.id)
         assert job.state == JobState.CANCELLED
         assert job.last_error_class == "jobs.errors.JobExpired"
         assert job.last_error.startswith("JobExpired: Not started by its deadline") and job.attempts == 0
-    assert _ended(in_time.id).state == JobState.SUCCEEDED
+    assert finished(in_time.id).state == JobState.SUCCEEDED
     assert tasks.lines(str(tmp_path / "late")) == [] and tasks.lines(str(tmp_path / "many")) == []
     settings.METRICS_TOKEN = "scrape-secret"
     body = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").content.decode()
