@@ -1,21 +1,56 @@
-"""Admin for the job ledger: the durable history of every job, and its two actions."""
+"""Admin for the job ledger: the durable history of every job, its actions, and the audit of both."""
 
+import datetime
 import json
 import uuid
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html
 
 from jobs import dead_letters, launcher, selectors, services
-from jobs.admin_actions import StrictActionsMixin, job_link
+from jobs.admin_actions import ReadOnlyAdmin, StrictActionsMixin, job_link
 from jobs.errors import CancelRefused
-from jobs.models import DeadLetter, Event, Job, JobLaunch
+from jobs.models import DeadLetter, Event, Job, JobBulkAction, JobLaunch, JobState
+
+WAITING_STATES = [JobState.PENDING, JobState.QUEUED, JobState.RETRYING]
+
+
+class TagFilter(admin.SimpleListFilter):
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request, model_admin):
+        return [(tag, tag) for tag in selectors.common_tags()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(tags__contains=[self.value()]) if self.value() else queryset
+
+
+class AgeFilter(admin.SimpleListFilter):
+    title = "age"
+    parameter_name = "age"
+    _AGES = {"1h": ("Last hour", 1), "1d": ("Last day", 24), "7d": ("Last week", 24 * 7)}
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _) in self._AGES.items()] + [("older", "Older than a week")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value in self._AGES:
+            return queryset.filter(
+                created_at__gte=timezone.now() - datetime.timedelta(hours=self._AGES[value][1])
+            )
+        if value == "older":
+            return queryset.filter(created_at__lt=timezone.now() - datetime.timedelta(days=7))
+        return queryset
 
 
 @admin.register(Job)
@@ -25,9 +60,9 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_display = [
         "id", "task_name", "state", "progress_bar", "queue", "priority", "attempts", "created_at", "duration_ms",
     ]  # fmt: skip
-    list_filter = ["state", "task_name", "queue", "rescued_at"]
+    list_filter = ["state", "task_name", "queue", TagFilter, "last_error_class", AgeFilter, "rescued_at"]
     search_fields = ["key", "task_name"]
-    search_help_text = "A job id, an idempotency key, or part of a task name."
+    search_help_text = "A job id, tag:<a tag>, an idempotency key, or part of a task name."
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     actions = ["retry_dead_jobs", "cancel_jobs", "resend_queued_jobs"]
@@ -138,6 +173,8 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
+        if term.startswith("tag:"):
+            return queryset.filter(tags__contains=[term[len("tag:") :]]), False
         try:
             job_id = uuid.UUID(term)
         except ValueError:
@@ -176,6 +213,11 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry selected dead jobs", permissions=["change"])
     def retry_dead_jobs(self, request, queryset):
+        if request.POST.get("select_across") == "1":
+            return self._act_on_all(
+                request, queryset.filter(state=JobState.DEAD), "retry dead jobs",
+                lambda ids: services.retry_dead_jobs(ids), "{n} dead job(s) retried.",
+            )  # fmt: skip
         ids = list(queryset.values_list("pk", flat=True))
         retried = sum(services.retry_job(job_id) for job_id in ids)
         self.report_outcome(
@@ -194,6 +236,12 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs (running ones are asked to stop)", permissions=["change"])
     def cancel_jobs(self, request, queryset):
+        if request.POST.get("select_across") == "1":
+            username = request.user.get_username()
+            return self._act_on_all(
+                request, queryset.filter(state__in=WAITING_STATES), "cancel waiting jobs",
+                lambda ids: services.cancel_waiting_jobs(ids, by=username), "{n} waiting job(s) cancelled.",
+            )  # fmt: skip
         ids = list(queryset.values_list("pk", flat=True))
         outcomes = {services.CANCELLED: 0, services.STOPPING: 0}
         for job_id in ids:
@@ -215,6 +263,42 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
             "{n} job(s) cancelled.",
             "{n} job(s) skipped: they had finished already.",
         )
+
+    def _act_on_all(self, request, eligible, action: str, act, done_message: str):
+        """An action on every job the list's filters match (Django's "Select all"): a
+        page showing how many it would change comes first; once confirmed, it runs in
+        batches of JOBS_BULK_ACTION_BATCH, each its own transaction, and is recorded
+        (Job bulk actions)."""
+        count = eligible.count()
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"Confirm: {action}",
+                "opts": self.model._meta,
+                "action": request.POST["action"],
+                "action_label": action,
+                "count": count,
+                "filters": request.GET.urlencode(),
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            }
+            return TemplateResponse(request, "admin/jobs/job/bulk_confirm.html", context)
+        record = JobBulkAction.objects.create(
+            user=request.user, username=request.user.get_username(), action=action,
+            filters=request.GET.urlencode(), matched=count,
+        )  # fmt: skip
+        done, last = 0, None
+        ordered = eligible.order_by("pk").values_list("pk", flat=True)
+        while True:
+            batch = list(
+                (ordered.filter(pk__gt=last) if last else ordered)[: settings.JOBS_BULK_ACTION_BATCH]
+            )
+            if not batch:
+                break
+            done += act(batch)
+            last = batch[-1]
+        JobBulkAction.objects.filter(pk=record.pk).update(done=done, finished_at=timezone.now())
+        self.message_user(request, done_message.format(n=done) + f" (of {count} matched)", messages.SUCCESS)
+        return None
 
     def cancel_view(self, request, object_id):
         """The Cancel button of a job's page (POST only)."""
@@ -345,17 +429,16 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(JobLaunch)
-class JobLaunchAdmin(admin.ModelAdmin):
+class JobLaunchAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["created_at", "username", "task_name", "priority", "job"]
     list_filter = ["task_name", "username"]
     fields = ["created_at", "username", "task_name", "kwargs", "priority", "job", "token"]
     readonly_fields = fields
 
-    def has_add_permission(self, request):
-        return False
 
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+@admin.register(JobBulkAction)
+class JobBulkActionAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    list_display = ["created_at", "username", "action", "matched", "done", "finished_at"]
+    list_filter = ["action", "username"]
+    fields = ["created_at", "username", "action", "filters", "matched", "done", "finished_at"]
+    readonly_fields = fields

@@ -35,3 +35,16 @@ class StrictActionsMixin:
             self.message_user(request, done_message.format(n=done), messages.SUCCESS)
         if total - done:
             self.message_user(request, skipped_message.format(n=total - done), messages.WARNING)
+
+
+class ReadOnlyAdmin:
+    """An audit record's admin: it can be read, never added, changed or deleted."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

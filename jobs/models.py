@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -100,6 +102,13 @@ class Job(models.Model):
     rescued_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sent again because its message looked lost (jobs/rescue.py)."
     )
+    tags = ArrayField(
+        models.CharField(max_length=64),
+        default=list,
+        db_default=[],
+        blank=True,
+        help_text="Short labels given at enqueue (customer:7, month-end), to find and act on jobs by.",
+    )
     soft_time_limit = models.FloatField(
         null=True,
         blank=True,
@@ -147,6 +156,8 @@ class Job(models.Model):
                 fields=["delayed_until"], name="job_recheck_idx", condition=Q(delayed_until__isnull=False)
             ),
             models.Index(fields=["unique_key"], name="job_unique_key_idx", condition=~Q(unique_key="")),
+            # Jobs found by tag (the admin's filter and bulk actions); untagged ones stay out.
+            GinIndex(fields=["tags"], name="job_tags_idx", condition=~Q(tags=[])),
             models.Index(fields=["event"], name="job_event_idx", condition=Q(event__isnull=False)),
             # Jobs the rescue sent again (jobs/rescue.py), counted on every metrics scrape.
             models.Index(
@@ -247,3 +258,22 @@ class JobLaunch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} launched {self.task_name} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class JobBulkAction(models.Model):
+    """Audit of an admin action run on every job a filter matched: who, what, how many."""
+
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=50)
+    filters = models.TextField(blank=True, help_text="The job list's filters and search, as its URL query.")
+    matched = models.PositiveIntegerField(help_text="Jobs the filter matched when the action was confirmed.")
+    done = models.PositiveIntegerField(default=0, help_text="Jobs the action changed.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.username}: {self.action} on {self.matched} job(s) at {self.created_at:%Y-%m-%d %H:%M}"

@@ -22,6 +22,19 @@ def jobs_by_state_and_queue() -> list[tuple[str, str, int]]:
     return [(queue, state, n) for queue, state, n in rows]
 
 
+def common_tags(limit: int = 30) -> list[str]:
+    """The tags most jobs carry (for the admin's tag filter), most common first."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT tag FROM (SELECT unnest(tags) AS tag FROM {Job._meta.db_table} WHERE tags <> '{{}}') t "
+            "GROUP BY tag ORDER BY count(*) DESC, tag LIMIT %s",
+            [limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 EXPIRED_ERROR_CLASS = "jobs.errors.JobExpired"
 
 

@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from jobs import ledger
+from jobs import tags as job_tags
 from jobs.app import celery_app
 from jobs.broker.publisher import publish_jobs
 from jobs.errors import CancelRefused
@@ -136,6 +137,7 @@ def enqueue(
     expires: datetime.datetime | float | None = None,
     soft_time_limit: float | None = None,
     time_limit: float | None = None,
+    tags: list[str] | None = None,
     **kwargs,
 ) -> Job:
     """Records a job in the caller's transaction and publishes it after commit.
@@ -154,6 +156,8 @@ def enqueue(
     - `run_after` defers the job: the relay publishes it once that time has come.
     - `expires` (a datetime, or seconds from now) is its deadline to start: a job not
       started by then never runs, and ends `cancelled` as expired (JobExpired).
+    - `tags` (up to 10 short labels such as "customer:7") let operators find the job
+      and act on all that match in the admin.
     - `soft_time_limit` and `time_limit` (seconds) replace the task's own limits for
       this job: past the soft one its body gets SoftTimeLimitExceeded and the job ends
       `dead`; past the hard one its process is killed and the job ends `dead`.
@@ -164,7 +168,7 @@ def enqueue(
     """
     return enqueue_call(
         task, args, kwargs, priority=priority, key=key, unique_key=unique_key, unique_states=unique_states,
-        run_after=run_after, expires=expires, soft_time_limit=soft_time_limit, time_limit=time_limit,
+        run_after=run_after, expires=expires, soft_time_limit=soft_time_limit, time_limit=time_limit, tags=tags,
     )  # fmt: skip
 
 
@@ -181,6 +185,7 @@ def enqueue_call(
     expires: datetime.datetime | float | None = None,
     soft_time_limit: float | None = None,
     time_limit: float | None = None,
+    tags: list[str] | None = None,
     queue: str | None = None,
     signature: inspect.Signature | None = None,
 ) -> Job:
@@ -194,7 +199,7 @@ def enqueue_call(
     _check_key(task, unique_key, "unique_key")
     queue = _checked_queue(task, queue)
     priority_class = _priority_class(task, priority)
-    options = _run_options(task, expires, soft_time_limit, time_limit, run_after)
+    options = _run_options(task, expires, soft_time_limit, time_limit, run_after, tags)
     if key is not None:
         existing = Job.objects.filter(key=key).first()
         if existing is not None:
@@ -249,8 +254,8 @@ def after_commit(func, *args, **kwargs) -> None:
     transaction.on_commit(call, robust=True)
 
 
-def _run_options(task, expires, soft_time_limit, time_limit, run_after=None) -> dict:
-    """A job's own deadline and time limits, checked: the ledger columns they fill."""
+def _run_options(task, expires, soft_time_limit, time_limit, run_after=None, tags=None) -> dict:
+    """A job's own deadline, time limits and tags, checked: the ledger columns they fill."""
 
     def seconds(name: str, value) -> float | None:
         if value is None:
@@ -279,7 +284,11 @@ def _run_options(task, expires, soft_time_limit, time_limit, run_after=None) -> 
             f"Job {task.name!r}: run_after ({run_after.isoformat()}) is not before expires "
             f"({expires_at.isoformat()}); the job could never start."
         )
-    return {"soft_time_limit": soft, "time_limit": hard, "expires_at": expires_at}
+    try:
+        tags = job_tags.checked(tags)
+    except ValueError as exc:
+        raise EnqueueError(f"Job {task.name!r}: {exc}.") from None
+    return {"soft_time_limit": soft, "time_limit": hard, "expires_at": expires_at, "tags": tags}
 
 
 def _record_and_publish(
@@ -320,6 +329,7 @@ def enqueue_many(
     expires: datetime.datetime | float | None = None,
     soft_time_limit: float | None = None,
     time_limit: float | None = None,
+    tags: list[str] | None = None,
     publish_batch_size: int = 1000,
 ) -> list[Job]:
     """Records many jobs of one task with one COPY; publishes them after commit.
@@ -329,13 +339,13 @@ def enqueue_many(
     checks it (one bad call raises EnqueueError and writes nothing). After commit
     the jobs are published in chunks of `publish_batch_size`, with the confirms of
     one chunk coming in while the next is sent; a chunk that fails stays pending for
-    the relay, like any job. `expires`, `soft_time_limit` and `time_limit` are
+    the relay, like any job. `expires`, `soft_time_limit`, `time_limit` and `tags` are
     enqueue's, for every job of the call.
     """
     task = resolve_task(task)
     _checked_queue(task)
     priority_class = _priority_class(task, priority)
-    options = _run_options(task, expires, soft_time_limit, time_limit, run_after)
+    options = _run_options(task, expires, soft_time_limit, time_limit, run_after, tags)
     if not isinstance(publish_batch_size, int) or publish_batch_size < 1:
         raise EnqueueError(
             f"publish_batch_size must be a whole number of 1 or more, not {publish_batch_size!r}."
@@ -449,6 +459,27 @@ def _ask_workers_to_stop(job_id: str) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - the ledger holds the request; the checkpoints still see it
         logger.warning("job=%s could not tell the workers to stop it (%s)", job_id, exc)
+
+
+def retry_dead_jobs(job_ids: list) -> int:
+    """retry_job for many dead jobs at once (the admin's bulk action, a batch a call):
+    one UPDATE, then the retried ones are published after commit; returns how many."""
+    with transaction.atomic():
+        moved = ledger.retry_dead(job_ids)
+        if moved:
+            after_commit(_publish_retried, list(job_ids))
+    return moved
+
+
+def _publish_retried(job_ids) -> None:
+    # retry_dead clears run_after: a pending job among them with one is not a retry.
+    publish_jobs(list(Job.objects.filter(pk__in=job_ids, state=JobState.PENDING, run_after__isnull=True)))
+
+
+def cancel_waiting_jobs(job_ids: list, by: str = "") -> int:
+    """Cancels the waiting jobs among `job_ids` (the admin's bulk action, a batch a
+    call), in one UPDATE; returns how many."""
+    return ledger.cancel(job_ids, by)
 
 
 def cancel_job(job_id: uuid.UUID | str) -> bool:

@@ -262,6 +262,8 @@ JOBS_CANCEL_GRACE_SECONDS = env.float("JOBS_CANCEL_GRACE_SECONDS", default=10.0)
 # A body's cancel checks (self.cancel_requested(), jobs.checkpoint()) read the ledger at
 # most this often.
 JOBS_CANCEL_CHECK_SECONDS = env.float("JOBS_CANCEL_CHECK_SECONDS", default=0.5)
+# The admin's actions on every job a filter matches run this many jobs a transaction.
+JOBS_BULK_ACTION_BATCH = env.int("JOBS_BULK_ACTION_BATCH", default=1000)
 # A body's progress reports (self.progress()) are written to the ledger at most this often.
 JOBS_PROGRESS_SECONDS = env.float("JOBS_PROGRESS_SECONDS", default=1.0)
 # Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk

@@ -107,8 +107,9 @@ def count_lost_run(job_id: uuid.UUID | str, attempts: int, lost_runs: int) -> in
     )
 
 
-def retry_dead(job_id: uuid.UUID | str) -> int:
-    """A new attempt of a dead job: `pending` again, its retry counts reset."""
+def retry_dead(job_id) -> int:
+    """A new attempt of a dead job (or of each of a list): `pending` again, its retry
+    counts reset; returns how many."""
     return transition(
         job_id, JobState.PENDING, only_from=[JobState.DEAD], lost_runs=0, retries=0, run_after=None,
         finished_at=None,
@@ -131,8 +132,9 @@ def queued_back_to_pending(job_ids: Iterable[uuid.UUID | str]) -> list:
     return queued
 
 
-def cancel(job_id: uuid.UUID | str, by: str = "") -> int:
-    """Cancels a job that has not started (pending, queued or waiting to retry)."""
+def cancel(job_id, by: str = "") -> int:
+    """Cancels a job (or each of a list of jobs) that has not started (pending, queued
+    or waiting to retry); returns how many."""
     now = timezone.now()
     return transition(
         job_id,

@@ -53,10 +53,11 @@ def job_factory(**fixed):
 # A new ledger row is written with these columns, by enqueue (one prepared INSERT)
 # and by enqueue_many (COPY), not by Django's save: the rest of the row is NULL.
 _NEW_ROW_COLUMNS = ("id", "task_name", "args", "kwargs", "queue", "priority", "run_after", "created_at", "key",
-                    "unique_key", "soft_time_limit", "time_limit", "expires_at")  # fmt: skip
+                    "unique_key", "soft_time_limit", "time_limit", "expires_at", "tags")  # fmt: skip
 _NEW_ROW_CONSTANTS = {"state": JobState.PENDING.value, "attempts": 0, "retries": 0, "lost_runs": 0,
                       "last_error": "", "last_error_class": "", "last_traceback": "", "worker": "",
                       "cancel_requested_by": "", "progress_message": ""}  # fmt: skip
+_TAGS = _NEW_ROW_COLUMNS.index("tags")
 _ALL_NEW_ROW_COLUMNS = ", ".join([*_NEW_ROW_COLUMNS, *_NEW_ROW_CONSTANTS])
 
 
@@ -67,9 +68,9 @@ def _sql_literal(value) -> str:
 _INSERT_ROW = Statement(
     "jobs_insert_row",
     "uuid, text, jsonb, jsonb, text, integer, timestamptz, timestamptz, text, text, double precision, "
-    "double precision, timestamptz",
+    "double precision, timestamptz, varchar[]",
     f"INSERT INTO {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-    f"$11, $12, $13, "
+    f"$11, $12, $13, $14, "
     f"{', '.join(_sql_literal(v) for v in _NEW_ROW_CONSTANTS.values())}) RETURNING 1",
     looks_up_rows=False,  # an INSERT: no plan can go stale
 )
@@ -81,7 +82,7 @@ def _new_row_values(job: Job, payload: tuple[str, str] | None = None) -> list:
     args_json, kwargs_json = payload or (json.dumps(job.args), json.dumps(job.kwargs))
     return [str(job.id), job.task_name, args_json, kwargs_json, job.queue, job.priority,
             job.run_after, job.created_at, job.key, job.unique_key, job.soft_time_limit, job.time_limit,
-            job.expires_at]  # fmt: skip
+            job.expires_at, list(job.tags or ())]  # fmt: skip
 
 
 def record(job: Job) -> None:
@@ -104,7 +105,10 @@ def record_many(jobs: list[Job], payloads: list[tuple[str, str]]) -> None:
         for job, payload in zip(jobs, payloads, strict=True):
             job.created_at = now
             job._state.adding = False
-            yield [*_new_row_values(job, payload), *constants]  # None is written as "": see FORCE_NULL
+            values = _new_row_values(job, payload)
+            # COPY reads an array as its literal; a tag holds no comma, quote or brace (jobs.tags).
+            values[_TAGS] = "{" + ",".join(values[_TAGS]) + "}"
+            yield [*values, *constants]  # None is written as "": see FORCE_NULL
 
     reader = _CsvReader(rows())
     with transaction.atomic(), transaction.get_connection().cursor() as cursor:

@@ -31,7 +31,7 @@ from django.utils.crypto import get_random_string
 from emails.models import EmailTemplate, OutgoingEmail
 from invoices.models import Invoice
 from invoices.tests.factories import make_customer, make_invoice
-from jobs.models import DeadLetter, Event, Job, JobLaunch, JobState
+from jobs.models import DeadLetter, Event, Job, JobBulkAction, JobLaunch, JobState
 
 # Not transactional: nothing commits, so nothing is published and no worker is needed.
 pytestmark = pytest.mark.django_db
@@ -122,6 +122,7 @@ ACCESS: dict[str, Access] = {
     **model_admin("jobs.deadletter", "dead_letter", NOBODY, SAVED, SUPERUSER),
     **model_admin("jobs.event", "event", NOBODY, CHANGE, SUPERUSER),
     **model_admin("jobs.joblaunch", "job_launch", NOBODY, NOBODY, NOBODY),
+    **model_admin("jobs.jobbulkaction", "bulk_action", NOBODY, NOBODY, NOBODY),
     # Invoices.
     **model_admin("invoices.customer", "customer", SUPERUSER, CHANGE, SUPERUSER),
     **model_admin("invoices.invoice", "invoice", SUPERUSER, CHANGE, SUPERUSER),
@@ -212,6 +213,7 @@ def objects():
         "job_launch": JobLaunch.objects.create(
             token=uuid.uuid4(), username="someone", task_name="tests.record", priority="normal", job=job
         ),
+        "bulk_action": JobBulkAction.objects.create(username="someone", action="retry dead jobs", matched=1),
         "email": OutgoingEmail.objects.create(
             to=["a@example.com"], subject="s", template=EmailTemplate.TEST, message_id=f"<{uuid.uuid4()}@x>"
         ),
