@@ -25,7 +25,9 @@ from django.template.loader import render_to_string
 
 import jobs
 from invoices.totals import Totals
-from jobs.errors import PermanentJobError
+from jobs.errors import JobCancelled, PermanentJobError
+
+logger = logging.getLogger(__name__)
 
 # The first family that has a character draws it. Noto Color Emoji is left to fontconfig's
 # fallback on purpose: named here, it would also draw the digits, which it has for keycaps.
@@ -273,16 +275,26 @@ class _Checkpoint(logging.Filter):
     itself is dropped (ten a document at INFO would drown the worker's log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        jobs.checkpoint()
+        try:
+            jobs.checkpoint()
+        except JobCancelled:
+            raise
+        except Exception:  # noqa: BLE001 - a ledger that cannot answer now stops no render
+            logger.debug("a PDF render's checkpoint could not read the ledger", exc_info=True)
         return False
+
+
+def _quiet_progress() -> None:
+    # Its progress logger reports ten steps per document at INFO.
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
 
 
 def _checkpoint_at_each_step() -> None:
     progress = logging.getLogger("weasyprint.progress")
     if not any(isinstance(f, _Checkpoint) for f in progress.filters):
         progress.addFilter(_Checkpoint())
-    progress.setLevel(logging.INFO)
     progress.propagate = False
+    progress.setLevel(logging.INFO)
 
 
 def _engine():
@@ -293,7 +305,7 @@ def _engine():
     for every invoice, is parsed here rather than once per document.
     """
     if not hasattr(_engine_state, "HTML"):
-        _checkpoint_at_each_step()
+        _quiet_progress()
         import weasyprint
         from weasyprint.text.fonts import FontConfiguration
         from weasyprint.urls import URLFetcher
@@ -304,7 +316,10 @@ def _engine():
         _engine_state.url_fetcher = URLFetcher(allowed_protocols=())
         families = ", ".join(f'"{family}"' for family in FONT_FAMILIES) + ", sans-serif"
         css = render_to_string("invoices/invoice_pdf.css", {"font_families": families})
-        _engine_state.HTML = weasyprint.HTML
         _engine_state.font_config = font_config
         _engine_state.stylesheet = weasyprint.CSS(string=css, font_config=font_config)
+        _engine_state.HTML = weasyprint.HTML
+        # Only now: WeasyPrint logs progress while it imports (its default stylesheets),
+        # and an import a checkpoint interrupted would stay broken in this process.
+        _checkpoint_at_each_step()
     return _engine_state

@@ -23,6 +23,16 @@ from jobs.models import DeadLetter, Event, Job, JobBulkAction, JobLaunch, JobSta
 WAITING_STATES = [JobState.PENDING, JobState.QUEUED, JobState.RETRYING]
 
 
+def _chosen_action(request) -> str:
+    """The action a changelist POST ran: of the action menus (top, bottom), the one its
+    `index` names, as Django's own response_action reads it."""
+    actions = request.POST.getlist("action")
+    try:
+        return actions[int(request.POST.get("index", 0))]
+    except (ValueError, IndexError):
+        return actions[0] if actions else ""
+
+
 class TagFilter(admin.SimpleListFilter):
     title = "tag"
     parameter_name = "tag"
@@ -31,7 +41,18 @@ class TagFilter(admin.SimpleListFilter):
         return [(tag, tag) for tag in selectors.common_tags()]
 
     def queryset(self, request, queryset):
-        return queryset.filter(tags__contains=[self.value()]) if self.value() else queryset
+        return selectors.tagged(queryset, self.value()) if self.value() else queryset
+
+
+class ErrorClassFilter(admin.SimpleListFilter):
+    title = "error class"
+    parameter_name = "last_error_class"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in selectors.error_classes()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(last_error_class=self.value()) if self.value() else queryset
 
 
 class AgeFilter(admin.SimpleListFilter):
@@ -60,7 +81,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_display = [
         "id", "task_name", "state", "progress_bar", "queue", "priority", "attempts", "created_at", "duration_ms",
     ]  # fmt: skip
-    list_filter = ["state", "task_name", "queue", TagFilter, "last_error_class", AgeFilter, "rescued_at"]
+    list_filter = ["state", "task_name", "queue", TagFilter, ErrorClassFilter, AgeFilter, "rescued_at"]
     search_fields = ["key", "task_name"]
     search_help_text = "A job id, tag:<a tag>, an idempotency key, or part of a task name."
     date_hierarchy = "created_at"
@@ -103,7 +124,12 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         pass
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        job = Job.objects.filter(pk=object_id).only("state").first() if object_id else None
+        try:
+            job = (
+                Job.objects.filter(pk=uuid.UUID(str(object_id))).only("state").first() if object_id else None
+            )
+        except ValueError:
+            job = None  # not a job id: Django's own view answers it
         extra_context = {
             **(extra_context or {}),
             "show_save": False,
@@ -174,7 +200,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
         if term.startswith("tag:"):
-            return queryset.filter(tags__contains=[term[len("tag:") :]]), False
+            return selectors.tagged(queryset, term[len("tag:") :]), False
         try:
             job_id = uuid.UUID(term)
         except ValueError:
@@ -275,7 +301,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
                 **self.admin_site.each_context(request),
                 "title": f"Confirm: {action}",
                 "opts": self.model._meta,
-                "action": request.POST["action"],
+                "action": _chosen_action(request),
                 "action_label": action,
                 "count": count,
                 "filters": request.GET.urlencode(),
@@ -296,6 +322,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
                 break
             done += act(batch)
             last = batch[-1]
+            JobBulkAction.objects.filter(pk=record.pk).update(done=done)  # the record says how far it got
         JobBulkAction.objects.filter(pk=record.pk).update(done=done, finished_at=timezone.now())
         self.message_user(request, done_message.format(n=done) + f" (of {count} matched)", messages.SUCCESS)
         return None

@@ -38,7 +38,7 @@ from celery.exceptions import (
 )
 from celery.utils.time import maybe_make_aware
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, connection
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.utils import timezone
 
 from jobs import ledger, ratelimit, throughput
@@ -226,6 +226,9 @@ class JobTask(Task):
         raise Ignore()
 
     def _end_retrying(self, run: ledger.Run, exc: BaseException, started: float, countdown: float) -> None:
+        if ledger.stop_requested(run.job.id):
+            # Asked to stop, it failed before its next checkpoint: no next attempt.
+            self._end_cancelled(run, started, f"failed after it was asked to stop ({describe(exc)})")
         ledger.end_run(run, JobState.RETRYING, error=exc, countdown=countdown)
         logger.warning(
             "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s next_in_s=%.2f",
@@ -368,6 +371,7 @@ class JobTask(Task):
             return
         error = TimeLimitExceeded(f"hard time limit ({exc.args[0] if exc.args else '?'}s) exceeded")
         try:
+            close_old_connections()  # the main process writes rarely: its connection may be stale
             job = ledger.end_outside_a_run(task_id, error, only_from=[JobState.STARTED])
         except Exception:  # noqa: BLE001 - the event loop goes on; the lease rules end it later
             logger.exception(

@@ -7,6 +7,7 @@ every process that loads the platform:
 """
 
 import logging
+import os
 import signal
 from collections.abc import Mapping
 
@@ -59,28 +60,41 @@ def jobs_stop(state, job_id, grace=10.0, **kwargs):
 
 
 def _stop_if_running(state, request) -> None:
-    """Terminates the pool process that still runs `request`'s job, then ends the job
-    `cancelled` in the ledger. Celery acknowledges a terminated task's message (and
-    tells Flower it was revoked). Should the ledger write fail, the job reads `started`
-    with no live lease: the next copy of it (the rescue sends one) finds it asked to
-    stop, and the ledger ends it `cancelled` then (jobs.ledger.admit)."""
+    """Kills the pool process that still runs `request`'s job, then ends the job
+    `cancelled` in the ledger.
+
+    The kill is a plain SIGKILL, not Celery's terminate (which acknowledges the
+    message): Celery sees a lost worker and puts the message back (acks late,
+    task_reject_on_worker_lost), so nothing is acknowledged before the ledger says
+    how the job ended. The copy that comes back finds the job cancelled (this write),
+    or, should the write fail, asked to stop with its lease free, and the ledger ends
+    it `cancelled` then (jobs.ledger.admit). Celery logs the lost worker and Flower
+    shows the task failed (WorkerLostError); the ledger says cancelled."""
     if request not in worker_state.active_requests or not request.worker_pid:
         return
     logger.warning(
-        "job=%s task=%s did not stop within its grace period; terminating pool process %s",
+        "job=%s task=%s did not stop within its grace period; killing pool process %s",
         request.id, request.name, request.worker_pid,
     )  # fmt: skip
-    try:
-        state.consumer.pool.terminate_job(request.worker_pid, signal.SIGKILL)
-    except (NotImplementedError, AttributeError):
+    from celery.concurrency.prefork import TaskPool
+
+    if not isinstance(state.consumer.pool, TaskPool) or request.worker_pid == os.getpid():
+        # A thread or a green pool runs the job in this very process.
         logger.warning(
             "job=%s this worker's pool cannot stop a running job; only its checkpoints can", request.id
         )
         return
+    try:
+        os.kill(request.worker_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # it ended meanwhile
+    from django.db import close_old_connections
+
     from jobs import ledger
 
     try:
+        close_old_connections()  # this main process writes rarely: its connection may be stale
         if ledger.end_stopped_run(request.id):
             logger.warning("job=%s task=%s cancelled: its run was stopped", request.id, request.name)
-    except Exception as exc:  # noqa: BLE001 - the event loop goes on; the ledger's next look ends it
+    except Exception as exc:  # noqa: BLE001 - the event loop goes on; the copy that comes back ends it
         logger.warning("job=%s could not be marked cancelled yet (%s)", request.id, exc)

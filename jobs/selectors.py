@@ -22,17 +22,55 @@ def jobs_by_state_and_queue() -> list[tuple[str, str, int]]:
     return [(queue, state, n) for queue, state, n in rows]
 
 
-def common_tags(limit: int = 30) -> list[str]:
-    """The tags most jobs carry (for the admin's tag filter), most common first."""
-    from django.db import connection
+def tagged(jobs, tag: str):
+    """The jobs of the queryset `jobs` that carry `tag`, found through the tag index (its
+    condition, "has a tag", is spelled out so that PostgreSQL's planner may use it)."""
+    return jobs.filter(tags__contains=[tag]).exclude(tags=[])
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT tag FROM (SELECT unnest(tags) AS tag FROM {Job._meta.db_table} WHERE tags <> '{{}}') t "
-            "GROUP BY tag ORDER BY count(*) DESC, tag LIMIT %s",
-            [limit],
-        )
-        return [row[0] for row in cursor.fetchall()]
+
+def common_tags(limit: int = 30) -> list[str]:
+    """The tags most jobs carry (for the admin's tag filter), most common first; read at
+    most once a minute (a scan of every tagged job)."""
+
+    def read() -> list[str]:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT tag FROM (SELECT unnest(tags) AS tag FROM {Job._meta.db_table} WHERE tags <> '{{}}') t "
+                "GROUP BY tag ORDER BY count(*) DESC, tag LIMIT %s",
+                [limit],
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    return _cached(f"jobs:common-tags:{limit}", read)
+
+
+def error_classes() -> list[str]:
+    """The error classes the ledger's jobs ended with (for the admin's filter); read at
+    most once a minute."""
+
+    def read() -> list[str]:
+        rows = Job.objects.exclude(last_error_class="").values_list("last_error_class", flat=True).distinct()
+        return sorted(rows.order_by()[:50])
+
+    return _cached("jobs:error-classes", read)
+
+
+def _cached(key: str, read, seconds: int = 60):
+    from django.core.cache import cache
+
+    try:
+        value = cache.get(key)
+    except Exception:  # noqa: BLE001 - Redis away: read the ledger instead
+        return read()
+    if value is None:
+        value = read()
+        try:
+            cache.set(key, value, seconds)
+        except Exception:  # noqa: BLE001
+            pass
+    return value
 
 
 EXPIRED_ERROR_CLASS = "jobs.errors.JobExpired"

@@ -30,6 +30,7 @@ def test_generate_invoices_runs_one_bulk_job_prints_its_progress_and_summarizes(
     progress = [line for line in first.splitlines() if line.startswith("progress: ")]
     assert progress and progress[-1].startswith("progress: 5/5 (100%)")
     assert "succeeded: 4 PDF(s) stored, 1 failed" in first
+    assert all(Invoice.objects.get(pk=i.pk).last_pdf_job_id for i in issued)
     assert f"invoice {broken.pk}: Invoice {broken.number}, line 1" in first
     (job,) = Job.objects.filter(task_name="invoices.generate_pdfs", state="succeeded")
     assert job.priority == 1 and job.progress_done == 5 and job.progress_total == 5

@@ -68,8 +68,9 @@ _TAKE_AND_START = Statement(
     f"WHERE id = $4 AND state = ANY($5) AND (SELECT taken FROM lease) "
     # A retrying job waits out its backoff, whichever copy of its message comes.
     f"AND (state <> '{JobState.RETRYING}' OR run_after IS NULL OR run_after <= $2) "
-    # A job past its deadline to start is not started: the caller ends it expired.
-    f"AND (expires_at IS NULL OR expires_at > $2) "
+    # A job past its deadline to start, or asked to stop, is not started: the caller
+    # ends it (expired, cancelled).
+    f"AND (expires_at IS NULL OR expires_at > $2) AND cancel_requested_at IS NULL "
     f"RETURNING attempts, lost_runs, retries, task_name, args, kwargs, queue, priority) "
     f"SELECT lease.taken, started.* FROM lease LEFT JOIN started ON true",
 )
@@ -191,7 +192,7 @@ _TAKE_AND_START_MANY = (
     f"started_at = %(now)s, queued_at = coalesce(j.queued_at, %(now)s), finished_at = NULL, worker = %(worker)s "
     f"FROM wanted WHERE j.id = wanted.id AND wanted.taken AND j.state = ANY(%(waiting)s) "
     f"AND (j.state <> '{JobState.RETRYING}' OR j.run_after IS NULL OR j.run_after <= %(now)s) "
-    f"AND (j.expires_at IS NULL OR j.expires_at > %(now)s) "
+    f"AND (j.expires_at IS NULL OR j.expires_at > %(now)s) AND j.cancel_requested_at IS NULL "
     f"RETURNING j.id, j.attempts, j.lost_runs, j.retries, j.task_name, j.args, j.kwargs, j.queue, j.priority) "
     f"SELECT wanted.id, wanted.taken, started.attempts, started.lost_runs, started.retries, started.task_name, "
     f"started.args, started.kwargs, started.queue, started.priority "

@@ -112,7 +112,8 @@ def retry_dead(job_id) -> int:
     counts reset; returns how many."""
     return transition(
         job_id, JobState.PENDING, only_from=[JobState.DEAD], lost_runs=0, retries=0, run_after=None,
-        finished_at=None,
+        finished_at=None, cancel_requested_at=None, cancel_requested_by="", progress_done=None,
+        progress_total=None, progress_message="", progress_at=None,
     )  # fmt: skip
 
 

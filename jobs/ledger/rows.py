@@ -106,8 +106,9 @@ def record_many(jobs: list[Job], payloads: list[tuple[str, str]]) -> None:
             job.created_at = now
             job._state.adding = False
             values = _new_row_values(job, payload)
-            # COPY reads an array as its literal; a tag holds no comma, quote or brace (jobs.tags).
-            values[_TAGS] = "{" + ",".join(values[_TAGS]) + "}"
+            # COPY reads an array as its literal, each element quoted (an unquoted `null`
+            # would be NULL); a tag holds no comma, quote, backslash or brace (jobs.tags).
+            values[_TAGS] = "{" + ",".join(f'"{tag}"' for tag in values[_TAGS]) + "}"
             yield [*values, *constants]  # None is written as "": see FORCE_NULL
 
     reader = _CsvReader(rows())

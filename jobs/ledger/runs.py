@@ -90,7 +90,8 @@ def admit(lease: Lease, worker: str, if_unknown: Callable[[], dict]) -> Run | Sk
         return Skip(f"already {job.state}; acknowledged without running")
     now = timezone.now()
     if job.expires_at is not None and job.expires_at <= now and job.state != JobState.STARTED:
-        error = JobExpired(f"Not started by its deadline ({job.expires_at.isoformat()}); it never ran.")
+        ran = "it never ran" if not job.attempts else f"it ran {job.attempts} time(s) before, without success"
+        error = JobExpired(f"Not started by its deadline ({job.expires_at.isoformat()}); {ran}.")
         if not transition(job_id, JobState.CANCELLED, only_from=[job.state], **error_fields(error)):
             return Skip("it moved meanwhile; acknowledged without running")
         job.state, job.last_error = JobState.CANCELLED, describe(error)
@@ -99,6 +100,14 @@ def admit(lease: Lease, worker: str, if_unknown: Callable[[], dict]) -> Run | Sk
     wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
     if job.state == JobState.RETRYING and wait > 0:
         return Skip(f"a copy came {wait:.2f}s before the retry is due; the relay sends it then")
+    if job.state != JobState.STARTED and job.cancel_requested_at is not None:
+        # Asked to stop while it ran, it ended retrying meanwhile: no next attempt.
+        if not transition(job_id, JobState.CANCELLED, only_from=[job.state], finished_at=timezone.now()):
+            return Skip("it moved meanwhile; acknowledged without running")
+        logger.warning(
+            "job=%s task=%s cancelled: asked to stop, it is not started again", job_id, job.task_name
+        )
+        return Skip("cancelled; acknowledged without running")
     if job.state == JobState.STARTED and job.cancel_requested_at is not None:
         # Its run was asked to stop and did not come back: the worker stopped it
         # (JOBS_CANCEL_GRACE_SECONDS), or it died meanwhile. Either way it is cancelled.

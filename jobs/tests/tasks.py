@@ -142,11 +142,13 @@ def lose_start_in_a_crash(self, path: str, reconnect: bool = False) -> str:
 
 
 @app.task(name="tests.steps", bind=True)
-def steps(self, path: str, n: int, pause: float = 0.05, check: str = "checkpoint") -> int:
+def steps(self, path: str, n: int, pause: float = 0.05, check: str = "checkpoint", fail_at: int = -1) -> int:
     """`n` steps of `pause` seconds, each a side effect (a line); between steps it checks
     for a cancel as `check` says: "checkpoint" (jobs.checkpoint), "asked"
-    (self.cancel_requested()), or "never"."""
+    (self.cancel_requested()), or "never". At step `fail_at` it fails transiently."""
     for step in range(n):
+        if step == fail_at:
+            raise TransientJobError(f"transient failure at step {step}")
         if check == "checkpoint":
             jobs.checkpoint()
         elif check == "asked" and self.cancel_requested():

@@ -79,6 +79,21 @@ def test_a_body_that_sees_the_request_and_returns_ends_cancelled(worker, tmp_pat
     assert job.result is None
 
 
+def test_a_job_asked_to_stop_that_fails_before_a_checkpoint_is_cancelled_not_retried(worker, tmp_path):
+    path = str(tmp_path / "steps")
+    job = enqueue(tasks.steps, path, 400, 0.05, "never", 30)  # fails transiently at 1.5 s
+    _running(job.id, path)
+
+    assert jobs.cancel(job.id) == "stopping"
+
+    job = finished(job.id)
+    assert job.state == JobState.CANCELLED and job.attempts == 1 and job.retries == 0
+    assert len(tasks.lines(path)) == 30, "no second attempt"
+    wait_for(
+        lambda: f"job={job.id} task=tests.steps attempt=1 state=cancelled" in worker.log(), message="log"
+    )
+
+
 @pytest.fixture
 def graceful_worker(own_worker):
     own_worker.env = {**own_worker.env, "JOBS_CANCEL_GRACE_SECONDS": str(GRACE)}
@@ -103,7 +118,7 @@ def test_a_body_that_never_checks_is_stopped_after_the_grace_period_and_ends_can
     # It ran on through its grace period, then its pool process was terminated.
     assert max(at for _, at in effects) > job.cancel_requested_at + datetime.timedelta(seconds=GRACE / 2)
     log = graceful_worker.log()
-    assert f"job={job.id} task=tests.steps did not stop within its grace period" in log
+    assert f"job={job.id} task=tests.steps did not stop within its grace period; killing" in log
     assert f"job={job.id} task=tests.steps cancelled: its run was stopped" in log
     assert set(graceful_worker.pool_pids()) != pool_before
     assert not DeadLetter.objects.filter(job_id=job.id).exists()
@@ -194,4 +209,29 @@ def test_a_copy_of_a_job_whose_stopped_run_was_not_recorded_ends_it_cancelled_wi
     wait_for(
         lambda: f"job={job.id} task=tests.record cancelled: its run was stopped" in worker.log(),
         message="log",
+    )
+
+
+def test_retrying_a_dead_job_forgets_its_earlier_cancel_request_and_progress(tmp_path, monkeypatch):
+    from django.utils import timezone
+
+    from jobs import services
+
+    monkeypatch.setattr(services, "publish_jobs", lambda jobs, **kw: None)  # no worker here
+    job = Job.objects.create(
+        task_name="tests.record", args=[str(tmp_path / "out")], queue="default", priority=5, state=JobState.DEAD,
+        attempts=1, cancel_requested_at=timezone.now(), cancel_requested_by="operator", progress_done=3,
+        progress_total=9, progress_message="step 3", progress_at=timezone.now(),
+    )  # fmt: skip
+
+    assert services.retry_job(job.id)
+
+    job.refresh_from_db()
+    assert job.state == JobState.PENDING
+    assert (job.cancel_requested_at, job.cancel_requested_by) == (None, "")
+    assert (job.progress_done, job.progress_total, job.progress_message, job.progress_at) == (
+        None,
+        None,
+        "",
+        None,
     )

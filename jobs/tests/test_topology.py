@@ -11,6 +11,7 @@ REGISTERED_JOBS = {
     # name: queue
     "emails.send": "emails",
     "emails.send_overdue_reminders": "default",
+    "invoices.generate_pdfs": "invoices",
     "emails.on_invoice_issued": "emails",
     "invoices.generate_pdf": "invoices",
     "invoices.on_issued.generate_pdf": "invoices",
