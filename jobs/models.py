@@ -156,6 +156,12 @@ class Job(models.Model):
                 fields=["delayed_until"], name="job_recheck_idx", condition=Q(delayed_until__isnull=False)
             ),
             models.Index(fields=["unique_key"], name="job_unique_key_idx", condition=~Q(unique_key="")),
+            # Running jobs asked to stop (the relay's look for stops a worker missed).
+            models.Index(
+                fields=["cancel_requested_at"],
+                name="job_stop_asked_idx",
+                condition=Q(state="started", cancel_requested_at__isnull=False),
+            ),
             # Jobs found by tag (the admin's filter and bulk actions); untagged ones stay out.
             GinIndex(fields=["tags"], name="job_tags_idx", condition=~Q(tags=[])),
             models.Index(fields=["event"], name="job_event_idx", condition=Q(event__isnull=False)),

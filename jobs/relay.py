@@ -29,7 +29,7 @@ from django.utils import timezone
 from jobs import ledger
 from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
-from jobs.rescue import rescue_lost_jobs
+from jobs.rescue import rescue_lost_jobs, stop_ignored_cancels
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ class DueSignal:
 
 
 def run_relay_forever(interval: float | None = None, stop=lambda: False, wake=None) -> None:
-    """The long-running relay loop (manage.py relay), with a rescue pass (jobs.rescue)
-    at the start and every JOBS_RESCUE_INTERVAL_SECONDS after it (0: never).
+    """The long-running relay loop (manage.py relay), with a rescue pass (jobs.rescue:
+    lost messages, and stops a worker missed) at the start and every
+    JOBS_RESCUE_INTERVAL_SECONDS after it (0: never).
 
     Between passes it waits for the next due time, at most `interval`, or until a
     writer NOTIFYs that something is due sooner (`wake`, for tests: a function of
@@ -183,6 +184,7 @@ def run_relay_forever(interval: float | None = None, stop=lambda: False, wake=No
             if rescue_every > 0 and monotonic() >= next_rescue:
                 next_rescue = monotonic() + rescue_every
                 _one_pass("rescue", rescue_lost_jobs, rescue_every)
+                _one_pass("stops", stop_ignored_cancels, rescue_every)
             wake(_next_wait(interval))
     finally:
         if signal is not None:

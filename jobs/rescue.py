@@ -119,3 +119,25 @@ def rescue_lost_jobs(
     if rescue.total or rescue.missing_queues:
         logger.warning("rescue: sent again the jobs whose messages looked lost: %s", rescue.describe())
     return rescue
+
+
+def stop_ignored_cancels(batch_size: int = 100) -> int:
+    """Asks the workers again to stop the running jobs that were asked to stop more than
+    twice JOBS_CANCEL_GRACE_SECONDS ago and whose run still holds its lease: a worker
+    disconnected when `jobs.cancel` broadcast `jobs_stop` never stopped its run. This
+    time the workers stop it at once. Returns how many it asked about."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=2 * settings.JOBS_CANCEL_GRACE_SECONDS)
+    asked = list(
+        Job.objects.filter(state=JobState.STARTED, cancel_requested_at__lte=cutoff)
+        .order_by("cancel_requested_at")
+        .only("id", "task_name")[:batch_size]
+    )
+    held = ledger.held_lease_keys() if asked else set()
+    running = [job for job in asked if ledger.lock_key(job.id) in held]
+    if running:
+        from jobs.services import ask_workers_to_stop
+
+        for job in running:
+            ask_workers_to_stop(str(job.id), grace=0.0)
+        logger.warning("asked the workers again to stop %d job(s) that ignored a cancel", len(running))
+    return len(running)

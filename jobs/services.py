@@ -437,7 +437,7 @@ def cancel(job_id: uuid.UUID | str, by: str = "") -> str:
             if ledger.cancel(job_id, by):
                 return CANCELLED
             if ledger.request_stop(job_id, by):
-                after_commit(_ask_workers_to_stop, str(job_id))
+                after_commit(ask_workers_to_stop, str(job_id))
                 return STOPPING
         state = Job.objects.filter(pk=job_id).values_list("state", flat=True).first()
         if state is None:
@@ -449,14 +449,14 @@ def cancel(job_id: uuid.UUID | str, by: str = "") -> str:
     raise CancelRefused(f"Job {job_id} kept changing state ({state} now) while being cancelled; try again.")
 
 
-def _ask_workers_to_stop(job_id: str) -> None:
-    """Tells every worker to stop the job's run if it is still running after the grace
-    period (jobs.remote_control.jobs_stop). A worker that misses it (disconnected) leaves
-    the body to its checkpoints."""
+def ask_workers_to_stop(job_id: str, grace: float | None = None) -> None:
+    """Tells every worker to stop the job's run if it is still running after `grace`
+    seconds (JOBS_CANCEL_GRACE_SECONDS by default; jobs.remote_control.jobs_stop). A
+    worker that misses it (disconnected) is asked again by the relay
+    (jobs.rescue.stop_ignored_cancels)."""
+    grace = settings.JOBS_CANCEL_GRACE_SECONDS if grace is None else grace
     try:
-        celery_app().control.broadcast(
-            "jobs_stop", arguments={"job_id": job_id, "grace": settings.JOBS_CANCEL_GRACE_SECONDS}
-        )
+        celery_app().control.broadcast("jobs_stop", arguments={"job_id": job_id, "grace": grace})
     except Exception as exc:  # noqa: BLE001 - the ledger holds the request; the checkpoints still see it
         logger.warning("job=%s could not tell the workers to stop it (%s)", job_id, exc)
 

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
+from django.utils import timezone
 
 import jobs
 from jobs import enqueue
@@ -94,6 +95,18 @@ def test_a_job_asked_to_stop_that_fails_before_a_checkpoint_is_cancelled_not_ret
     )
 
 
+def _its_copy_is_acknowledged(worker, job) -> None:
+    """Celery put the killed run's message back (a lost worker): its copy is acknowledged
+    without running, before the test ends (a copy left for the next test's worker would
+    find no row there, and run)."""
+    wait_for(
+        lambda: (
+            f"job={job.id} task=tests.steps already cancelled; acknowledged without running" in worker.log()
+        ),
+        message="the message's copy acknowledged",
+    )
+
+
 @pytest.fixture
 def graceful_worker(own_worker):
     own_worker.env = {**own_worker.env, "JOBS_CANCEL_GRACE_SECONDS": str(GRACE)}
@@ -121,9 +134,30 @@ def test_a_body_that_never_checks_is_stopped_after_the_grace_period_and_ends_can
     assert f"job={job.id} task=tests.steps did not stop within its grace period; killing" in log
     assert f"job={job.id} task=tests.steps cancelled: its run was stopped" in log
     assert set(graceful_worker.pool_pids()) != pool_before
+    _its_copy_is_acknowledged(graceful_worker, job)
     assert not DeadLetter.objects.filter(job_id=job.id).exists()
     _the_worker_goes_on(tmp_path)
     assert len(_stamped(path)) == len(effects), "the cancelled body ran again"
+
+
+def test_the_relay_asks_again_to_stop_a_run_whose_worker_missed_the_stop(graceful_worker, tmp_path):
+    from jobs import ledger
+    from jobs.rescue import stop_ignored_cancels
+
+    path = str(tmp_path / "steps")
+    job = enqueue(tasks.steps, path, 600, 0.05, "never")
+    _running(job.id, path)
+    # Asked to stop while its worker was away: the ledger has the request, no worker heard it.
+    assert ledger.request_stop(job.id, "operator")
+    assert stop_ignored_cancels() == 0, "within twice the grace period it is not asked again"
+    Job.objects.filter(pk=job.id).update(cancel_requested_at=timezone.now() - datetime.timedelta(minutes=1))
+
+    assert stop_ignored_cancels() == 1
+
+    job = finished(job.id)
+    assert job.state == JobState.CANCELLED and job.attempts == 1
+    assert stop_ignored_cancels() == 0
+    _its_copy_is_acknowledged(graceful_worker, job)
 
 
 def test_cancelling_a_waiting_job_cancels_it_at_once(tmp_path):
