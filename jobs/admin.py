@@ -23,6 +23,11 @@ from jobs.models import DeadLetter, Event, Job, JobBulkAction, JobLaunch, JobSta
 WAITING_STATES = [JobState.PENDING, JobState.QUEUED, JobState.RETRYING]
 
 
+def _how_a_run_stops() -> str:
+    """What becomes of a running job asked to stop, for the admin's messages."""
+    return f"it ends cancelled at its next checkpoint, or is stopped after {settings.JOBS_CANCEL_GRACE_SECONDS:g}s."
+
+
 def _chosen_action(request) -> str:
     """The action a changelist POST ran: of the action menus (top, bottom), the one its
     `index` names, as Django's own response_action reads it."""
@@ -278,8 +283,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
         if outcomes[services.STOPPING]:
             self.message_user(
                 request,
-                f"{outcomes[services.STOPPING]} running job(s) asked to stop: each ends cancelled at its next "
-                f"checkpoint, or is stopped after {settings.JOBS_CANCEL_GRACE_SECONDS:g}s.",
+                f"{outcomes[services.STOPPING]} running job(s) asked to stop: {_how_a_run_stops()}",
                 messages.SUCCESS,
             )
         self.report_outcome(
@@ -343,8 +347,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
             else:
                 self.message_user(
                     request,
-                    "The running job was asked to stop: it ends cancelled at its next checkpoint, or is stopped "
-                    f"after {settings.JOBS_CANCEL_GRACE_SECONDS:g}s.",
+                    f"The running job was asked to stop: {_how_a_run_stops()}",
                     messages.SUCCESS,
                 )
         return redirect("admin:jobs_job_change", object_id)

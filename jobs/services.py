@@ -378,10 +378,7 @@ def retry_job(job_id: uuid.UUID | str) -> bool:
 
     The job goes back to `pending` and is published after commit, like a new one.
     """
-    moved = ledger.retry_dead(job_id)
-    if moved:
-        after_commit(_publish_pending, [job_id])
-    return bool(moved)
+    return bool(retry_dead_jobs([job_id]))
 
 
 def resend_queued_jobs(job_ids: Iterable[uuid.UUID | str]) -> int:
@@ -462,8 +459,8 @@ def ask_workers_to_stop(job_id: str, grace: float | None = None) -> None:
 
 
 def retry_dead_jobs(job_ids: list) -> int:
-    """retry_job for many dead jobs at once (the admin's bulk action, a batch a call):
-    one UPDATE, then the retried ones are published after commit; returns how many."""
+    """retry_job for many dead jobs at once (a batch of the admin's bulk action): one
+    UPDATE, then the retried ones are published after commit; returns how many."""
     with transaction.atomic():
         moved = ledger.retry_dead(job_ids)
         if moved:

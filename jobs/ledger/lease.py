@@ -125,15 +125,9 @@ class Lease:
         now = timezone.now()
         with _on_the_session() as session:
             row = _TAKE_AND_START.fetchone([self.key, now, worker, str(self.job_id), _WAITING], session)
-        taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority = row
+        taken, *started = row
         self.held = bool(taken)
-        if attempts is None:
-            return None
-        return _started_job(
-            id=uuid.UUID(str(self.job_id)), attempts=attempts, lost_runs=lost_runs,
-            retries=retries, started_at=now,
-            task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
-        )  # fmt: skip
+        return None if started[0] is None else _started(self.job_id, now, *started)
 
     def succeed_and_release(self, job: Job, result) -> int:
         """Marks this run succeeded (if it is still the running attempt) and releases the lease."""
@@ -171,6 +165,14 @@ def _fetchall_on_the_session(sql: str, params: dict) -> list[tuple]:
         with db.wrap_database_errors, db.connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchall()
+
+
+def _started(job_id, now, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority) -> Job:
+    """The started job, from what a start statement returned (RETURNING's columns)."""
+    return _started_job(
+        id=uuid.UUID(str(job_id)), attempts=attempts, lost_runs=lost_runs, retries=retries, started_at=now,
+        task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
+    )  # fmt: skip
 
 
 def _json(value):
@@ -237,18 +239,15 @@ class Leases:
         }  # fmt: skip
         rows = _fetchall_on_the_session(_TAKE_AND_START_MANY, params)
         started, not_started = {}, []
-        for job_id, taken, attempts, lost_runs, retries, task_name, args, kwargs, queue, priority in rows:
+        for job_id, taken, *row in rows:
             job_id = str(job_id)
             self.leases[job_id].held = bool(taken)
             if not taken:
                 continue
-            if attempts is None:
+            if row[0] is None:
                 not_started.append(job_id)
                 continue
-            started[job_id] = _started_job(
-                id=uuid.UUID(job_id), attempts=attempts, lost_runs=lost_runs, retries=retries, started_at=now,
-                task_name=task_name, args=_json(args), kwargs=_json(kwargs), queue=queue, priority=priority,
-            )  # fmt: skip
+            started[job_id] = _started(job_id, now, *row)
         self.release(not_started)
         return started
 

@@ -100,22 +100,15 @@ def admit(lease: Lease, worker: str, if_unknown: Callable[[], dict]) -> Run | Sk
     wait = (job.run_after - timezone.now()).total_seconds() if job.run_after else 0.0
     if job.state == JobState.RETRYING and wait > 0:
         return Skip(f"a copy came {wait:.2f}s before the retry is due; the relay sends it then")
-    if job.state != JobState.STARTED and job.cancel_requested_at is not None:
-        # Asked to stop while it ran, it ended retrying meanwhile: no next attempt.
-        if not transition(job_id, JobState.CANCELLED, only_from=[job.state], finished_at=timezone.now()):
-            return Skip("it moved meanwhile; acknowledged without running")
-        logger.warning(
-            "job=%s task=%s cancelled: asked to stop, it is not started again", job_id, job.task_name
-        )
-        return Skip("cancelled; acknowledged without running")
-    if job.state == JobState.STARTED and job.cancel_requested_at is not None:
-        # Its run was asked to stop and did not come back: the worker stopped it
-        # (JOBS_CANCEL_GRACE_SECONDS), or it died meanwhile. Either way it is cancelled.
-        if not transition(job_id, JobState.CANCELLED, only_from=[JobState.STARTED],
-                          where={"attempts": job.attempts}, finished_at=timezone.now()):  # fmt: skip
+    if job.cancel_requested_at is not None:
+        # Asked to stop, it did not end cancelled: its run was stopped by its worker
+        # (JOBS_CANCEL_GRACE_SECONDS) or died, or it ended retrying meanwhile. It is
+        # cancelled now, and never started again.
+        if not transition(job_id, JobState.CANCELLED, only_from=[job.state], where={"attempts": job.attempts},
+                          finished_at=now):  # fmt: skip
             return Skip("it moved meanwhile; acknowledged without running")
         logger.warning("job=%s task=%s cancelled: its run was stopped", job_id, job.task_name)
-        return Skip("cancelled while running; its run was stopped, acknowledged")
+        return Skip("cancelled, as asked; acknowledged without running")
     if job.state == JobState.STARTED:
         lost = job.lost_runs + 1
         if lost >= settings.JOBS_MAX_LOST_RUNS:

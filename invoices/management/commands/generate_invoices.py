@@ -20,8 +20,8 @@ SECONDS_PER_PDF = 30.0
 class Command(BaseCommand):
     help = (
         "Renders the PDF of every issued invoice without a current one (or of those matching "
-        "the filters) in one bulk job at bulk priority, which the admin shows with its progress "
-        "and can cancel; then follows its progress until it ends."
+        "the filters) in bulk jobs at bulk priority (one per 5,000 invoices), which the admin shows "
+        "with their progress and can cancel; then follows their progress until they end."
     )
 
     def add_arguments(self, parser):
