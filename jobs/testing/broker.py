@@ -68,3 +68,28 @@ def connections_of(pid: int, amqp_port: int) -> list[str]:
     ports = {line.split()[2].rsplit(":", 1)[1] for line in sockets if f"pid={pid}," in line}
     listed = [line.split() for line in ctl("list_connections", "pid", "peer_port").splitlines()]
     return [fields[0] for fields in listed if len(fields) == 2 and fields[1] in ports]
+
+
+def wait_until_acknowledged(rabbitmqctl, queue: str) -> None:
+    """Waits until `queue` of the app's vhost holds no message, ready or unacknowledged
+    (`rabbitmqctl` runs the broker's rabbitmqctl: the suite's fixture of that name)."""
+    from urllib.parse import unquote
+
+    from jobs.app import celery_app
+    from jobs.testing import wait_for
+
+    app = celery_app()
+    vhost = unquote(app.conf.broker_url.rsplit("/", 1)[1])
+
+    def ready() -> int:
+        with app.connection_for_write() as connection:
+            return connection.default_channel.queue_declare(queue, passive=True).message_count
+
+    def empty() -> bool:
+        for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
+            name, _, count = line.partition("\t")
+            if name == queue:
+                return count.strip() == "0" and ready() == 0
+        return False
+
+    wait_for(empty, message=f"every message of the {queue} queue acknowledged")

@@ -15,6 +15,7 @@ import jobs
 from jobs import enqueue
 from jobs.models import DeadLetter, Job, JobState
 from jobs.testing import wait_for
+from jobs.testing.broker import wait_until_acknowledged
 from jobs.testing.finishing import finished
 from jobs.tests import tasks
 
@@ -95,7 +96,7 @@ def test_a_job_asked_to_stop_that_fails_before_a_checkpoint_is_cancelled_not_ret
     )
 
 
-def _its_copy_is_acknowledged(worker, job) -> None:
+def _its_copy_is_acknowledged(worker, job, rabbitmqctl) -> None:
     """Celery put the killed run's message back (a lost worker): its copy is acknowledged
     without running, before the test ends (a copy left for the next test's worker would
     find no row there, and run)."""
@@ -103,8 +104,9 @@ def _its_copy_is_acknowledged(worker, job) -> None:
         lambda: (
             f"job={job.id} task=tests.steps already cancelled; acknowledged without running" in worker.log()
         ),
-        message="the message's copy acknowledged",
+        message="the message's copy skipped",
     )
+    wait_until_acknowledged(rabbitmqctl, "default")  # its ack follows that log line
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ def graceful_worker(own_worker):
 
 
 def test_a_body_that_never_checks_is_stopped_after_the_grace_period_and_ends_cancelled_once(
-    graceful_worker, tmp_path
+    graceful_worker, tmp_path, rabbitmqctl
 ):
     path = str(tmp_path / "steps")
     job = enqueue(tasks.steps, path, 600, 0.05, "never")  # 30 s if never stopped
@@ -134,13 +136,15 @@ def test_a_body_that_never_checks_is_stopped_after_the_grace_period_and_ends_can
     assert f"job={job.id} task=tests.steps did not stop within its grace period; killing" in log
     assert f"job={job.id} task=tests.steps cancelled: its run was stopped" in log
     assert set(graceful_worker.pool_pids()) != pool_before
-    _its_copy_is_acknowledged(graceful_worker, job)
+    _its_copy_is_acknowledged(graceful_worker, job, rabbitmqctl)
     assert not DeadLetter.objects.filter(job_id=job.id).exists()
     _the_worker_goes_on(tmp_path)
     assert len(_stamped(path)) == len(effects), "the cancelled body ran again"
 
 
-def test_the_relay_asks_again_to_stop_a_run_whose_worker_missed_the_stop(graceful_worker, tmp_path):
+def test_the_relay_asks_again_to_stop_a_run_whose_worker_missed_the_stop(
+    graceful_worker, tmp_path, rabbitmqctl
+):
     from jobs import ledger
     from jobs.rescue import stop_ignored_cancels
 
@@ -157,7 +161,7 @@ def test_the_relay_asks_again_to_stop_a_run_whose_worker_missed_the_stop(gracefu
     job = finished(job.id)
     assert job.state == JobState.CANCELLED and job.attempts == 1
     assert stop_ignored_cancels() == 0
-    _its_copy_is_acknowledged(graceful_worker, job)
+    _its_copy_is_acknowledged(graceful_worker, job, rabbitmqctl)
 
 
 def test_cancelling_a_waiting_job_cancels_it_at_once(tmp_path):

@@ -6,15 +6,14 @@ is committed, a lost pool process loses no job."""
 import collections
 import os
 import signal
-from urllib.parse import unquote
 
 import pytest
 
 from jobs import enqueue
-from jobs.app import celery_app
 from jobs.broker.publisher import publish_jobs
 from jobs.models import Job, JobState
 from jobs.testing import wait_for
+from jobs.testing.broker import wait_until_acknowledged
 from jobs.testing.finishing import all_final
 from jobs.tests import tasks
 
@@ -30,23 +29,8 @@ def cache_worker(own_worker):
     return own_worker
 
 
-def _ready_in_cache() -> int:
-    with celery_app().connection_for_write() as connection:
-        return connection.default_channel.queue_declare("cache", passive=True).message_count
-
-
 def _all_acknowledged(rabbitmqctl) -> None:
-    """Waits until the cache queue holds no message, ready or unacknowledged."""
-    vhost = unquote(celery_app().conf.broker_url.rsplit("/", 1)[1])
-
-    def empty() -> bool:
-        for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
-            name, _, count = line.partition("\t")
-            if name == "cache":
-                return count.strip() == "0" and _ready_in_cache() == 0
-        return False
-
-    wait_for(empty, message="every message of the cache queue acknowledged")
+    wait_until_acknowledged(rabbitmqctl, "cache")
 
 
 def _enqueue(path: str, n: int, **kwargs) -> list[Job]:
