@@ -97,7 +97,7 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["id", "task_name", "state", "queue", "priority", "key", "worker"]}),
         ("Payload", {"fields": ["args_pretty", "kwargs_pretty", "result"]}),
-        ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty"]}),
+        ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty", "trace"]}),
         ("Progress", {"fields": ["progress_bar", "progress_at"]}),
         ("Cancellation", {"fields": ["cancel_requested_at", "cancel_requested_by"]}),
         (
@@ -223,6 +223,16 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     @admin.display(description="traceback")
     def traceback_pretty(self, obj):
         return format_html("<pre>{}</pre>", obj.last_traceback) if obj.last_traceback else "-"
+
+    @admin.display(description="trace id")
+    def trace(self, obj):
+        """The job's OpenTelemetry trace (jobs.tracing): a link when JOBS_TRACE_URL is set."""
+        if not obj.trace_id:
+            return "-"
+        url = settings.JOBS_TRACE_URL
+        if not url:
+            return obj.trace_id
+        return format_html('<a href="{}">{}</a>', url.replace("{trace_id}", obj.trace_id), obj.trace_id)
 
     @admin.display(description="progress")
     def progress_bar(self, obj):

@@ -7,4 +7,6 @@ class JobsConfig(AppConfig):
 
     def ready(self):
         # Replaces Celery's `conf` inspect command with one that masks secrets.
-        from jobs import remote_control  # noqa: F401
+        from jobs import remote_control, tracing  # noqa: F401 - remote_control registers on import
+
+        tracing.configure()  # only with OTEL_EXPORTER_OTLP_ENDPOINT: nothing is exported otherwise

@@ -41,7 +41,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.utils import timezone
 
-from jobs import ledger, ratelimit, throughput
+from jobs import ledger, ratelimit, throughput, tracing
 from jobs import retry as retries
 from jobs.errors import JobCancelled, PermanentJobError, TransientJobError, describe  # noqa: F401 - the first release's import path
 from jobs.models import Job, JobState
@@ -158,7 +158,12 @@ class JobTask(Task):
 
     def _run(self, run: ledger.Run, args, kwargs, successes: list | None = None):
         """Runs the body and ends the run in the ledger, as its outcome says; a success
-        is added to `successes` instead, when given, for a batch to record with others."""
+        is added to `successes` instead, when given, for a batch to record with others.
+        The attempt is a span of the job's trace (jobs.tracing), when this process traces."""
+        with tracing.running(self.name, run.job, getattr(self.request, "traceparent", None)):
+            return self._run_body(run, args, kwargs, successes)
+
+    def _run_body(self, run: ledger.Run, args, kwargs, successes: list | None):
         job, started = run.job, time.monotonic()
         # The count lives in the ledger: every copy the relay sends says retries=0.
         self.request.retries = job.retries
@@ -209,6 +214,7 @@ class JobTask(Task):
         if getattr(self.request, "_jobs_cancel_seen", (0, False))[1]:
             # The body saw the request (self.cancel_requested()) and returned early.
             self._end_cancelled(run, started, "returned once asked to stop")
+        tracing.ended(JobState.SUCCEEDED)
         if successes is not None:
             successes.append((run, result))
             return result
@@ -219,6 +225,7 @@ class JobTask(Task):
 
     def _end_cancelled(self, run: ledger.Run, started: float, how: str) -> None:
         ledger.end_run(run, JobState.CANCELLED)
+        tracing.ended(JobState.CANCELLED)
         logger.warning(
             "job=%s task=%s attempt=%d state=cancelled duration_ms=%.1f %s",
             run.job.id, self.name, run.job.attempts, (time.monotonic() - started) * 1000, how,
@@ -230,6 +237,7 @@ class JobTask(Task):
             # Asked to stop, it failed before its next checkpoint: no next attempt.
             self._end_cancelled(run, started, f"failed after it was asked to stop ({describe(exc)})")
         ledger.end_run(run, JobState.RETRYING, error=exc, countdown=countdown)
+        tracing.ended(JobState.RETRYING, exc)
         logger.warning(
             "job=%s task=%s attempt=%d state=retrying duration_ms=%.1f error=%s next_in_s=%.2f",
             run.job.id, self.name, run.job.attempts, (time.monotonic() - started) * 1000, describe(exc),
@@ -238,6 +246,7 @@ class JobTask(Task):
 
     def _end_dead(self, run: ledger.Run, exc: BaseException, started: float, reason: str) -> None:
         ledger.end_run(run, JobState.DEAD, error=exc)
+        tracing.ended(JobState.DEAD, exc)
         exc._jobs_recorded = True  # the outer handler must not write this run's end again
         logger.error(
             "job=%s task=%s attempt=%d state=dead reason=%s duration_ms=%.1f error=%s",

@@ -141,6 +141,13 @@ class Job(models.Model):
     cancel_requested_by = models.CharField(
         max_length=150, blank=True, default="", db_default="", help_text="Who asked to cancel it."
     )
+    traceparent = models.CharField(
+        max_length=55,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The W3C trace context of its enqueue (jobs.tracing): every run of it joins that trace.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -176,6 +183,11 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name}[{self.id}] {self.state}"
+
+    @property
+    def trace_id(self) -> str:
+        """The OpenTelemetry trace id of this job (32 hex digits), or "" if it was enqueued untraced."""
+        return self.traceparent[3:35] if self.traceparent else ""
 
     @property
     def is_finished(self) -> bool:

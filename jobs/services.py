@@ -8,14 +8,14 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from celery import Task
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from jobs import ledger
+from jobs import ledger, tracing
 from jobs import tags as job_tags
 from jobs.app import celery_app
 from jobs.broker.publisher import publish_jobs
@@ -294,30 +294,33 @@ def _run_options(task, expires, soft_time_limit, time_limit, run_after=None, tag
 def _record_and_publish(
     task, args, kwargs, queue, priority_class, key, unique_key, run_after, options
 ) -> Job:
-    job = Job(
-        id=uuid.uuid4(),
-        task_name=task.name,
-        args=list(args),
-        kwargs=kwargs,
-        queue=queue,
-        priority=priority_class.value,
-        key=key,
-        unique_key=unique_key or "",
-        run_after=run_after,
-        **options,
-    )
-    if key is None:
-        ledger.record(job)  # a fresh uuid: nothing to collide with, no savepoint
-    else:
-        try:
-            with transaction.atomic():
-                ledger.record(job)
-        except IntegrityError:
-            # Another transaction took the key first (the insert waited for it to commit).
-            return Job.objects.get(key=key)
-    if run_after is None or run_after <= timezone.now():
-        after_commit(publish_jobs, [job])
-    return job
+    job_id = uuid.uuid4()
+    with tracing.enqueuing(task.name, queue, job_id) as traceparent:
+        job = Job(
+            id=job_id,
+            task_name=task.name,
+            args=list(args),
+            kwargs=kwargs,
+            queue=queue,
+            priority=priority_class.value,
+            key=key,
+            unique_key=unique_key or "",
+            run_after=run_after,
+            traceparent=traceparent,
+            **options,
+        )
+        if key is None:
+            ledger.record(job)  # a fresh uuid: nothing to collide with, no savepoint
+        else:
+            try:
+                with transaction.atomic():
+                    ledger.record(job)
+            except IntegrityError:
+                # Another transaction took the key first (the insert waited for it to commit).
+                return Job.objects.get(key=key)
+        if run_after is None or run_after <= timezone.now():
+            after_commit(publish_jobs, [job])
+        return job
 
 
 def enqueue_many(
@@ -350,27 +353,32 @@ def enqueue_many(
         raise EnqueueError(
             f"publish_batch_size must be a whole number of 1 or more, not {publish_batch_size!r}."
         )
-    signature = inspect.signature(task.run)
-    new_job = ledger.job_factory(
-        task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after, **options
-    )
-    jobs, payloads = [], []
-    # Whether arguments fit the signature depends only on their count and keyword
-    # names: one check per shape, not per call.
-    fitting_shapes = set()
-    for n, call in enumerate(calls):
-        args, kwargs = ((), dict(call)) if isinstance(call, dict) else (tuple(call), {})
-        shape = (len(args), tuple(kwargs))
-        try:
-            payloads.append(_check_payload(task, args, kwargs, signature, bind=shape not in fitting_shapes))
-            fitting_shapes.add(shape)
-        except EnqueueError as exc:
-            raise EnqueueError(f"Call {n}: {exc}") from None
-        jobs.append(new_job(id=uuid.uuid4(), args=list(args), kwargs=kwargs))
-    ledger.record_many(jobs, payloads)
-    if run_after is None or run_after <= timezone.now():
-        after_commit(publish_jobs, jobs, chunk_size=publish_batch_size)
-    return jobs
+    calls = calls if isinstance(calls, Sequence) else list(calls)
+    with tracing.enqueuing(task.name, str(task.queue), count=len(calls)) as traceparent:
+        signature = inspect.signature(task.run)
+        new_job = ledger.job_factory(
+            task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after,
+            traceparent=traceparent, **options,
+        )  # fmt: skip
+        jobs, payloads = [], []
+        # Whether arguments fit the signature depends only on their count and keyword
+        # names: one check per shape, not per call.
+        fitting_shapes = set()
+        for n, call in enumerate(calls):
+            args, kwargs = ((), dict(call)) if isinstance(call, dict) else (tuple(call), {})
+            shape = (len(args), tuple(kwargs))
+            try:
+                payloads.append(
+                    _check_payload(task, args, kwargs, signature, bind=shape not in fitting_shapes)
+                )
+                fitting_shapes.add(shape)
+            except EnqueueError as exc:
+                raise EnqueueError(f"Call {n}: {exc}") from None
+            jobs.append(new_job(id=uuid.uuid4(), args=list(args), kwargs=kwargs))
+        ledger.record_many(jobs, payloads)
+        if run_after is None or run_after <= timezone.now():
+            after_commit(publish_jobs, jobs, chunk_size=publish_batch_size)
+        return jobs
 
 
 def retry_job(job_id: uuid.UUID | str) -> bool:

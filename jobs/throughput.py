@@ -152,6 +152,7 @@ def strategy(task, app, consumer):
             "kwargs": dict(task_kwargs),
             "hostname": hostname,
             "delivery_info": dict(message.delivery_info or {}),
+            "traceparent": headers.get("traceparent", ""),
         }
         batcher.add(item, ack, reject)
 
@@ -232,6 +233,7 @@ def _verdict(task, item: dict, call, *args, **kwargs) -> str:
     task.push_request(
         id=item["id"], hostname=item["hostname"], delivery_info=item["delivery_info"], args=item["args"],
         kwargs=item["kwargs"], retries=0, is_eager=False, called_directly=False,
+        traceparent=item.get("traceparent", ""),
     )  # fmt: skip
     try:
         call(*args, **kwargs)

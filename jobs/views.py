@@ -41,6 +41,7 @@ def job_json(job: Job) -> dict:
         "last_error": job.last_error or None,
         "cancel_requested_at": _time(job.cancel_requested_at),
         "cancel_requested_by": job.cancel_requested_by or None,
+        "trace_id": job.trace_id or None,
         "created_at": _time(job.created_at),
         "queued_at": _time(job.queued_at),
         "started_at": _time(job.started_at),

@@ -266,6 +266,9 @@ JOBS_CANCEL_CHECK_SECONDS = env.float("JOBS_CANCEL_CHECK_SECONDS", default=0.5)
 JOBS_BULK_ACTION_BATCH = env.int("JOBS_BULK_ACTION_BATCH", default=1000)
 # A body's progress reports (self.progress()) are written to the ledger at most this often.
 JOBS_PROGRESS_SECONDS = env.float("JOBS_PROGRESS_SECONDS", default=1.0)
+# A link to a job's trace in the tracing UI, {trace_id} replaced (the admin's job page):
+# "https://jaeger.example.com/trace/{trace_id}". Empty: the page shows the id alone.
+JOBS_TRACE_URL = env.str("JOBS_TRACE_URL", default="")
 # Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk
 # alarm blocks publishers); past it the job stays pending for the relay.
 JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=5.0)

@@ -26,9 +26,10 @@ def _origin() -> str:
     return anon_nodename()
 
 
-def build_message(job: Job) -> amqp.Message:
+def build_message(job: Job, traceparent: str | None = None) -> amqp.Message:
     """The message of a ledger row, ready for the jobs exchange: persistent, with the
-    job's priority, its id as Celery's task id and correlation id.
+    job's priority, its id as Celery's task id and correlation id, and the trace
+    context its run continues (`traceparent`: the publish span's, else the row's).
 
     Only the headers whose value says something are written. The others that
     `as_task_v2` writes (shadow, eta, expires, group, group_index, parent_id,
@@ -63,6 +64,9 @@ def build_message(job: Job) -> amqp.Message:
         if job.time_limit is not None and (soft is None or soft > job.time_limit):
             soft = job.time_limit
         headers["timelimit"] = [job.time_limit, soft]
+    traceparent = job.traceparent if traceparent is None else traceparent
+    if traceparent:
+        headers["traceparent"] = traceparent  # W3C trace context, as OpenTelemetry propagates it
     body = json.dumps([args, kwargs, _EMBED]).encode()
     return amqp.Message(
         body,

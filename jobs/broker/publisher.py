@@ -29,7 +29,7 @@ from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import ledger, topology
+from jobs import ledger, topology, tracing
 from jobs.broker.confirms import ConfirmChannel, Unroutable
 from jobs.broker.message import build_message
 from jobs.models import Job
@@ -154,15 +154,18 @@ def publish_jobs(jobs: Sequence[Job], *, force: bool = False, chunk_size: int = 
     try:
         for start in range(0, len(jobs), chunk_size):
             chunk = jobs[start : start + chunk_size]
-            messages = [(build_message(job), exchange, job.queue) for job in chunk]
-            with _holding_publisher(timeout, force):
-                _check_in_flight_channel(in_flight)
-                channel, tags = _send(messages, timeout, first=not (in_flight or published))
-                in_flight.append((channel, chunk, tags, time.monotonic() + timeout))
-                # send() took in the confirms that had come before it wrote. Waits for
-                # the oldest chunk once enough are unconfirmed: a publish of a million
-                # jobs keeps a bounded number of messages, and of RabbitMQ's work.
-                confirmed = _take_confirmed(in_flight, wait=len(in_flight) >= MAX_CHUNKS_IN_FLIGHT)
+            with tracing.publishing(chunk) as carried:
+                messages = [
+                    (build_message(job, carried.get(job.traceparent)), exchange, job.queue) for job in chunk
+                ]
+                with _holding_publisher(timeout, force):
+                    _check_in_flight_channel(in_flight)
+                    channel, tags = _send(messages, timeout, first=not (in_flight or published))
+                    in_flight.append((channel, chunk, tags, time.monotonic() + timeout))
+                    # send() took in the confirms that had come before it wrote. Waits for
+                    # the oldest chunk once enough are unconfirmed: a publish of a million
+                    # jobs keeps a bounded number of messages, and of RabbitMQ's work.
+                    confirmed = _take_confirmed(in_flight, wait=len(in_flight) >= MAX_CHUNKS_IN_FLIGHT)
             published += confirmed
             mark_queued(confirmed)
         while in_flight:

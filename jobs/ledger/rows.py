@@ -53,7 +53,7 @@ def job_factory(**fixed):
 # A new ledger row is written with these columns, by enqueue (one prepared INSERT)
 # and by enqueue_many (COPY), not by Django's save: the rest of the row is NULL.
 _NEW_ROW_COLUMNS = ("id", "task_name", "args", "kwargs", "queue", "priority", "run_after", "created_at", "key",
-                    "unique_key", "soft_time_limit", "time_limit", "expires_at", "tags")  # fmt: skip
+                    "unique_key", "soft_time_limit", "time_limit", "expires_at", "tags", "traceparent")  # fmt: skip
 _NEW_ROW_CONSTANTS = {"state": JobState.PENDING.value, "attempts": 0, "retries": 0, "lost_runs": 0,
                       "last_error": "", "last_error_class": "", "last_traceback": "", "worker": "",
                       "cancel_requested_by": "", "progress_message": ""}  # fmt: skip
@@ -68,9 +68,9 @@ def _sql_literal(value) -> str:
 _INSERT_ROW = Statement(
     "jobs_insert_row",
     "uuid, text, jsonb, jsonb, text, integer, timestamptz, timestamptz, text, text, double precision, "
-    "double precision, timestamptz, varchar[]",
+    "double precision, timestamptz, varchar[], varchar",
     f"INSERT INTO {Job._meta.db_table} ({_ALL_NEW_ROW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-    f"$11, $12, $13, $14, "
+    f"$11, $12, $13, $14, $15, "
     f"{', '.join(_sql_literal(v) for v in _NEW_ROW_CONSTANTS.values())}) RETURNING 1",
     looks_up_rows=False,  # an INSERT: no plan can go stale
 )
@@ -82,7 +82,7 @@ def _new_row_values(job: Job, payload: tuple[str, str] | None = None) -> list:
     args_json, kwargs_json = payload or (json.dumps(job.args), json.dumps(job.kwargs))
     return [str(job.id), job.task_name, args_json, kwargs_json, job.queue, job.priority,
             job.run_after, job.created_at, job.key, job.unique_key, job.soft_time_limit, job.time_limit,
-            job.expires_at, list(job.tags or ())]  # fmt: skip
+            job.expires_at, list(job.tags or ()), job.traceparent]  # fmt: skip
 
 
 def record(job: Job) -> None:

@@ -32,7 +32,7 @@ def record(path: str, value: str = "ran") -> str:
     return value
 
 
-@app.task(name="tests.flaky", retry_backoff=0.2, retry_backoff_max=2.0)
+@app.task(name="tests.flaky", retry_backoff=0.2, retry_backoff_max=2.0, launchable=True)
 def flaky(path: str, failures: int) -> str:
     done = len(lines(path))
     _append(path, "fail" if done < failures else "ok")
