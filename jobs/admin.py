@@ -97,7 +97,10 @@ class JobAdmin(StrictActionsMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["id", "task_name", "state", "queue", "priority", "key", "worker"]}),
         ("Payload", {"fields": ["args_pretty", "kwargs_pretty", "result"]}),
-        ("Attempts", {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty", "trace"]}),
+        (
+            "Attempts",
+            {"fields": ["attempts", "retries", "lost_runs", "last_error", "traceback_pretty", "trace"]},
+        ),
         ("Progress", {"fields": ["progress_bar", "progress_at"]}),
         ("Cancellation", {"fields": ["cancel_requested_at", "cancel_requested_by"]}),
         (

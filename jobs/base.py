@@ -23,6 +23,8 @@ ledger and the copy is acknowledged. docs/architecture.md tells the whole flow.
 from __future__ import annotations
 
 import datetime
+import functools
+import inspect
 import logging
 import time
 
@@ -41,7 +43,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.utils import timezone
 
-from jobs import ledger, ratelimit, throughput, tracing
+from jobs import async_bodies, ledger, ratelimit, throughput, tracing
 from jobs import retry as retries
 from jobs.errors import JobCancelled, PermanentJobError, TransientJobError, describe  # noqa: F401 - the first release's import path
 from jobs.models import Job, JobState
@@ -84,6 +86,11 @@ class JobTask(Task):
         one would leave the hard one unenforced until then."""
         soft, hard = self.app.conf.task_soft_time_limit, self.time_limit
         return min(soft, hard) if soft and hard else soft or None
+
+    @functools.cached_property
+    def is_async(self) -> bool:
+        """Whether the body is a coroutine function (`async def`): jobs.async_bodies runs it."""
+        return inspect.iscoroutinefunction(self.run)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -171,7 +178,10 @@ class JobTask(Task):
         set_running_task(self)
         try:
             try:
-                result = self.run(*args, **kwargs)
+                if self.is_async:
+                    result = async_bodies.run(self, args, kwargs)
+                else:
+                    result = self.run(*args, **kwargs)
             finally:
                 set_running_task(None)
                 self._flush_progress()  # the latest report, before the run's end is written
@@ -199,7 +209,9 @@ class JobTask(Task):
             raise
         except JobCancelled:
             # It stopped at a checkpoint, as asked (jobs.cancel): no retry, no dead letter.
-            self._end_cancelled(run, started, "stopped at a checkpoint")
+            self._end_cancelled(
+                run, started, "stopped while it awaited" if self.is_async else "stopped at a checkpoint"
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is classified here
             verdict = self.policy.verdict(exc, job.retries)
             if isinstance(verdict, retries.Retry):
@@ -284,6 +296,9 @@ class JobTask(Task):
         if request.called_directly or request.is_eager or not request.id:
             return
         report = (done, total, message[:200])
+        if async_bodies.in_event_loop():
+            request._jobs_progress_pending = report  # the watcher writes it, off the loop
+            return
         last = getattr(request, "_jobs_progress_written", None)
         now = time.monotonic()
         if last is not None and now - last < settings.JOBS_PROGRESS_SECONDS:
@@ -317,6 +332,8 @@ class JobTask(Task):
         if request.called_directly or request.is_eager or not request.id:
             return False
         seen = getattr(request, "_jobs_cancel_seen", None)
+        if async_bodies.in_event_loop():
+            return bool(seen and seen[1])  # what the watcher last read, off the loop
         now = time.monotonic()
         if seen is not None and (seen[1] or now - seen[0] < settings.JOBS_CANCEL_CHECK_SECONDS):
             return seen[1]

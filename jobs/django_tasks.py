@@ -13,10 +13,11 @@ platform: the ledger, the outbox, Celery workers, retries and dead letters.
 
 Each Django task becomes a Celery task of the same name (its module path) on the
 platform's base class, registered when the task is declared; workers find it through
-the app's `tasks` modules, as they find every job. What the API allows and the
-platform cannot honour is refused when the task is declared or enqueued:
-coroutine tasks, queue names that are not workload queues, arguments that are not
-JSON, and return values that are not JSON (the job ends dead, saying so).
+the app's `tasks` modules, as they find every job. A coroutine task (`async def`) is
+awaited on the worker's event loop, like any async job body (jobs.async_bodies). What
+the API allows and the platform cannot honour is refused when the task is declared or
+enqueued: queue names that are not workload queues, arguments that are not JSON, and
+return values that are not JSON (the job ends dead, saying so).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import inspect
 import json
 import logging
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.utils.module_loading import import_string
 from django_tasks import TaskContext, TaskResult, TaskResultStatus
@@ -67,37 +69,57 @@ class DjangoTaskJob(JobTask):
     django_task_path: str = ""
 
     def run(self, *args, **kwargs):
-        django_task: Task = import_string(self.django_task_path)
-        backend = django_task.get_backend()
-        result = backend.get_result(self.request.id)
-        task_started.send(type(backend), task_result=result)
+        django_task, backend, result = self._started(self.request.id)
         try:
-            if django_task.takes_context:
-                value = django_task.call(TaskContext(task_result=result), *args, **kwargs)
-            else:
-                value = django_task.call(*args, **kwargs)
-            try:
-                json.dumps(value, allow_nan=False)
-                stored = "\\u0000" not in json.dumps(value)
-            except (TypeError, ValueError):
-                stored = False
-            if not stored:
-                raise PermanentJobError(
-                    f"Task {self.django_task_path} returned a {type(value).__name__}, which is not JSON; "
-                    "return ids, strings, numbers, lists or dicts."
-                ) from None
-            return value
+            return self._stored(django_task.func(*self._call_args(django_task, result, args), **kwargs))
         finally:
             # The ledger's final state is written after this returns; the signal says
             # the function finished, which is what receivers of Django's API expect.
             task_finished.send(type(backend), task_result=result)
+
+    def _started(self, job_id: str):
+        django_task: Task = import_string(self.django_task_path)
+        backend = django_task.get_backend()
+        result = backend.get_result(job_id)
+        task_started.send(type(backend), task_result=result)
+        return django_task, backend, result
+
+    @staticmethod
+    def _call_args(django_task: Task, result: TaskResult, args) -> tuple:
+        return (TaskContext(task_result=result), *args) if django_task.takes_context else tuple(args)
+
+    def _stored(self, value):
+        """`value`, if the ledger can store it as the job's result."""
+        try:
+            json.dumps(value, allow_nan=False)
+            stored = "\\u0000" not in json.dumps(value)
+        except (TypeError, ValueError):
+            stored = False
+        if not stored:
+            raise PermanentJobError(
+                f"Task {self.django_task_path} returned a {type(value).__name__}, which is not JSON; "
+                "return ids, strings, numbers, lists or dicts."
+            ) from None
+        return value
+
+
+class AsyncDjangoTaskJob(DjangoTaskJob):
+    """A Django task whose function is a coroutine: awaited on the worker's event loop
+    (jobs.async_bodies), the backend's reads and signals run off the loop."""
+
+    async def run(self, *args, **kwargs):
+        django_task, backend, result = await sync_to_async(self._started)(self.request.id)
+        try:
+            return self._stored(await django_task.func(*self._call_args(django_task, result, args), **kwargs))
+        finally:
+            await sync_to_async(task_finished.send)(type(backend), task_result=result)
 
 
 class LedgerBackend(BaseTaskBackend):
     supports_defer = True  # run_after, honoured through the ledger and the relay
     supports_get_result = True
     supports_priority = True
-    supports_async_task = False
+    supports_async_task = True  # run on the worker's event loop (jobs.async_bodies)
 
     def __init__(self, alias: str, params: dict) -> None:
         super().__init__(alias, params)
@@ -125,7 +147,7 @@ class LedgerBackend(BaseTaskBackend):
             return registered
         job_class = type(
             f"DjangoTask[{name}]",
-            (DjangoTaskJob,),
+            (AsyncDjangoTaskJob if inspect.iscoroutinefunction(task.func) else DjangoTaskJob,),
             {
                 "name": name,
                 "django_task_path": name,

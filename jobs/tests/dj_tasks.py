@@ -3,6 +3,8 @@
 The cache invalidation job, converted: the same work as jobs.invalidate_cache.
 """
 
+import asyncio
+
 from django_tasks import task
 
 from jobs import cache as job_cache
@@ -35,3 +37,13 @@ def flaky_until_third(context, marker: str) -> int:
 @task()
 def returns_a_set() -> set:
     return {1, 2}
+
+
+@task(takes_context=True)
+async def async_add(context, a: int, b: int) -> dict:
+    """A coroutine task: awaited on the worker's event loop, Django's async ORM inside."""
+    from jobs.models import Job
+
+    await asyncio.sleep(0.01)
+    row = await Job.objects.aget(pk=context.task_result.id)
+    return {"sum": a + b, "attempt": context.attempt, "state": row.state}

@@ -4,6 +4,7 @@ Each one appends a line to a file the test owns, so a test counts side effects
 per job without sharing state with other tests.
 """
 
+import asyncio
 import os
 import time
 
@@ -215,3 +216,40 @@ def limited(path: str, n: int) -> None:
 
 
 from jobs.tests import dj_tasks  # noqa: E402,F401 - Django @task functions, registered on the worker too
+
+# -- async bodies (jobs.async_bodies) -----------------------------------------------------
+
+
+@app.task(name="tests.async_io", bind=True, retry_backoff=0.2, retry_backoff_max=1.0)
+async def async_io(self, path: str, failures: int) -> str:
+    """Awaits real I/O (the SMTP server's greeting, over asyncio's streams) and Django's
+    async ORM; fails its first `failures` attempts with a transient error."""
+    from django.conf import settings
+
+    from jobs.models import Job
+
+    reader, writer = await asyncio.open_connection(settings.EMAIL_HOST, settings.EMAIL_PORT)
+    greeting = (await reader.readline()).decode().split()[0]
+    writer.write(b"QUIT\r\n")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    row = await Job.objects.aget(pk=self.request.id)
+    _append(path, f"{greeting}:attempt={row.attempts}")
+    if row.attempts <= failures:
+        raise TransientJobError(f"transient failure {row.attempts} of {failures}")
+    return greeting
+
+
+@app.task(name="tests.async_wait", bind=True, max_retries=0)
+async def async_wait(self, path: str, seconds: float) -> str:
+    """Awaits `seconds`, reporting progress; records whether its cleanup ran."""
+    _append(path, "started")
+    self.progress(1, 2, "waiting")
+    try:
+        await asyncio.sleep(seconds)
+    except BaseException as exc:
+        _append(path, f"interrupted:{type(exc).__name__}")
+        raise
+    _append(path, "woke")
+    return "woke"

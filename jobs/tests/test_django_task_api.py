@@ -6,7 +6,7 @@ import pytest
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
-from django_tasks import TaskResultStatus, default_task_backend, task, task_backends
+from django_tasks import TaskResultStatus, default_task_backend, task_backends
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 
 from jobs.cache import namespaced_key
@@ -124,13 +124,15 @@ def test_priorities_map_onto_the_platform_classes():
     assert Job.objects.get(pk=result.id).priority == PriorityClass.BULK
 
 
-async def a_coroutine() -> None:
-    """Module level, as Django requires of a task function; never made a task."""
+def test_a_coroutine_task_is_awaited_on_a_worker(worker):
+    result = dj_tasks.async_add.enqueue(2, 3)
+
+    result = finished(result)
+    assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
+    assert result.return_value == {"sum": 5, "attempt": 1, "state": "started"}
 
 
 def test_what_the_platform_cannot_honour_is_refused_clearly(worker):
-    with pytest.raises(InvalidTaskError, match="does not support async"):
-        task()(a_coroutine)
     with pytest.raises(InvalidTaskError, match="Queue 'reports' is not valid"):
         dj_tasks.add.using(queue_name="reports")
     with pytest.raises(InvalidTaskError, match="must be JSON"):
