@@ -6,6 +6,9 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs"
 
     def ready(self):
+        from jobs import conf
+
+        conf.apply_defaults()  # the platform's settings the project leaves unset (jobs/conf.py)
         # Replaces Celery's `conf` inspect command with one that masks secrets.
         from jobs import remote_control, tracing  # noqa: F401 - remote_control registers on import
 

@@ -1,4 +1,4 @@
-"""The worker's consumer (CELERY_WORKER_CONSUMER): no message it cannot run is lost or stops it."""
+"""The worker's consumer (worker_consumer, set by jobs.app.configure): no message it cannot run is lost or stops it."""
 
 import logging
 from collections.abc import Mapping

@@ -82,7 +82,7 @@ class PlatformCollector:
 
 
 def _authorized(request) -> bool:
-    token = settings.METRICS_TOKEN
+    token = settings.JOBS_METRICS_TOKEN or getattr(settings, "METRICS_TOKEN", "")
     header = request.headers.get("Authorization", "")
     if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
         return True

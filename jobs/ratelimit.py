@@ -34,7 +34,8 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 @functools.cache
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+    url = settings.JOBS_REDIS_URL or getattr(settings, "REDIS_URL", None) or "redis://127.0.0.1:6379/0"
+    return redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
 
 
 def seconds_until_allowed(name: str, rate: str) -> float:
@@ -46,7 +47,7 @@ def seconds_until_allowed(name: str, rate: str) -> float:
     limit, period = parse_rate(rate)
     now = time.time()
     window = int(now // period)
-    key = f"{settings.CACHES['default'].get('KEY_PREFIX', '')}:ratelimit:{name}:{window}"
+    key = f"{settings.CACHES.get('default', {}).get('KEY_PREFIX', '')}:ratelimit:{name}:{window}"
     try:
         pipe = _client().pipeline()
         pipe.incr(key)

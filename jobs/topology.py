@@ -85,25 +85,26 @@ def dead_letter_exchange() -> Exchange:
 
 def queue_type() -> QueueType:
     """The type every queue of the topology is declared with (JOBS_QUEUE_TYPE)."""
-    from django.conf import settings
+    from jobs import conf  # read before Django is set up: with its defaults
 
+    name = conf.get("JOBS_QUEUE_TYPE")
     try:
-        return QueueType(settings.JOBS_QUEUE_TYPE)
+        return QueueType(name)
     except ValueError:
-        raise ValueError(f"JOBS_QUEUE_TYPE is {settings.JOBS_QUEUE_TYPE!r}; use classic or quorum.") from None
+        raise ValueError(f"JOBS_QUEUE_TYPE is {name!r}; use classic or quorum.") from None
 
 
 def workload_queue_arguments(kind: QueueType | None = None) -> dict:
     kind = kind or queue_type()
     if kind is QueueType.QUORUM:
-        from django.conf import settings
+        from jobs import conf  # read before Django is set up: with its defaults
 
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
-            "x-delivery-limit": settings.JOBS_QUORUM_DELIVERY_LIMIT,
+            "x-delivery-limit": conf.get("JOBS_QUORUM_DELIVERY_LIMIT"),
         }
     return {
         "x-queue-type": "classic",

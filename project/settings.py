@@ -5,6 +5,7 @@ Every address and credential has a default that works on a development machine
 and then only is a missing DJANGO_SECRET_KEY tolerated.
 """
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -186,41 +187,20 @@ AXES_COOLOFF_MESSAGE = (
 )
 
 # --- Celery (read by project/celery.py under the CELERY_ namespace) -----------------
+# What the platform needs of Celery (acks late, prefetch 1, JSON only, publisher
+# confirms, no result backend, its consumer) is set by jobs.app.configure, not here.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
-# Publisher confirms: a publish returns only once RabbitMQ has taken the message.
-# max_retries 0: a publisher that cannot connect gives up at once (kombu would
-# otherwise retry for the whole connect timeout) and the job waits for the relay.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "max_retries": 0}
 # Enqueue must never hang a request on a broker that does not answer.
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_HEARTBEAT = 30
-# The ledger (jobs.models.Job) is the result store; no Celery result backend.
-CELERY_RESULT_BACKEND = None
-CELERY_TASK_IGNORE_RESULT = True
-# JSON only: a pickle message is rejected (and dead-lettered) without being decoded.
-CELERY_TASK_SERIALIZER = "json"
-CELERY_RESULT_SERIALIZER = "json"
-CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
-# At-least-once: ack after the job, requeue when the worker dies, reject (and so
-# dead-letter) on failure, one message per process at a time.
-CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_ACKS_ON_FAILURE = False
-CELERY_TASK_ACKS_ON_TIMEOUT = False
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Soft limit only: a hard time limit requeues the message instead of dead-lettering it.
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=300)
 CELERY_TASK_TIME_LIMIT = None
-# No "task-sent" event: it would be a second confirmed publish for every enqueue.
-# Flower still sees every job from the worker's received/started/succeeded events.
-CELERY_TASK_SEND_SENT_EVENT = False
+# Task events feed Flower.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
-# Dead-letters messages it cannot run instead of acking them or stopping (jobs/consumer.py).
-CELERY_WORKER_CONSUMER = "jobs.consumer:DeadLetteringConsumer"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The emails.send job's rate limit (across all workers, jobs/ratelimit.py) and the first
@@ -232,59 +212,36 @@ EMAILS_RETRY_BACKOFF_SECONDS = env.float("EMAILS_RETRY_BACKOFF_SECONDS", default
 TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
 
 # --- The platform (jobs/) -----------------------------------------------------------
-# The Celery app the platform uses (jobs.app); unset, Celery's current app.
+# Its settings and their defaults are jobs/conf.py's; this deployment takes any of
+# them from the environment that sets it (docs/configuration.md).
 JOBS_CELERY_APP = "project.celery:app"
-# The worker's task events go out without publisher confirms (jobs/consumer.py): they
-# feed Flower, and the ledger is the durable record. 1 confirms each (a round trip).
-JOBS_CONFIRM_TASK_EVENTS = env.bool("JOBS_CONFIRM_TASK_EVENTS", default=False)
-# Throughput queues (jobs/throughput.py), e.g. "cache=16": their jobs run in batches of
-# that many a pool process, the ledger written once a batch. Give them a worker of their own.
-JOBS_THROUGHPUT_QUEUES = {
-    queue: int(size) for queue, size in env.dict("JOBS_THROUGHPUT_QUEUES", default={}).items()
+_JOBS_FROM_ENV = {
+    "JOBS_CONFIRM_TASK_EVENTS": env.bool,
+    # e.g. "cache=16": a throughput queue's jobs run in batches of that many a pool process.
+    "JOBS_THROUGHPUT_QUEUES": lambda name: {queue: int(size) for queue, size in env.dict(name).items()},
+    "JOBS_THROUGHPUT_FLUSH_SECONDS": env.float,
+    "JOBS_MAX_LOST_RUNS": env.int,
+    # classic (one node) or quorum (a cluster). Changing it makes the queues drift: stop
+    # the workers and run `manage.py jobs_topology --fix`.
+    "JOBS_QUEUE_TYPE": env.str,
+    "JOBS_QUORUM_DELIVERY_LIMIT": env.int,
+    "JOBS_LEDGER_WAIT_SECONDS": env.float,
+    "JOBS_LEASE_BUSY_RETRY_SECONDS": env.float,
+    "JOBS_CANCEL_GRACE_SECONDS": env.float,
+    "JOBS_CANCEL_CHECK_SECONDS": env.float,
+    "JOBS_BULK_ACTION_BATCH": env.int,
+    "JOBS_PROGRESS_SECONDS": env.float,
+    "JOBS_TRACE_URL": env.str,
+    "JOBS_PUBLISH_TIMEOUT_SECONDS": env.float,
+    # e.g. "emails=20/s,invoices=300/m"
+    "JOBS_QUEUE_RATE_LIMITS": env.dict,
+    "JOBS_MAX_PAYLOAD_BYTES": env.int,
+    "JOBS_RELAY_GRACE_SECONDS": env.float,
+    "JOBS_RELAY_INTERVAL_SECONDS": env.float,
+    "JOBS_RESCUE_AFTER_SECONDS": env.float,
+    "JOBS_RESCUE_INTERVAL_SECONDS": env.float,
 }
-# The longest a throughput queue's message waits in the worker for its batch to fill.
-JOBS_THROUGHPUT_FLUSH_SECONDS = env.float("JOBS_THROUGHPUT_FLUSH_SECONDS", default=0.005)
-# A job whose worker died during this many of its runs is dead-lettered as poison.
-JOBS_MAX_LOST_RUNS = env.int("JOBS_MAX_LOST_RUNS", default=3)
-# classic (one node) or quorum (a cluster): see jobs/topology.py. Changing it makes the
-# queues drift: stop the workers and run `manage.py jobs_topology --fix`.
-JOBS_QUEUE_TYPE = env.str("JOBS_QUEUE_TYPE", default="classic")
-# Quorum queues only: RabbitMQ dead-letters a message delivered this often.
-JOBS_QUORUM_DELIVERY_LIMIT = env.int("JOBS_QUORUM_DELIVERY_LIMIT", default=20)
-# A worker that finds PostgreSQL away waits up to this long for it before it requeues
-# the message (each requeue counts against a quorum queue's delivery limit).
-JOBS_LEDGER_WAIT_SECONDS = env.float("JOBS_LEDGER_WAIT_SECONDS", default=60.0)
-# Seconds before a copy that found the job's lease taken (a copy running elsewhere) looks again.
-JOBS_LEASE_BUSY_RETRY_SECONDS = env.float("JOBS_LEASE_BUSY_RETRY_SECONDS", default=5.0)
-# A running job asked to cancel (jobs.cancel) that has not stopped at a checkpoint after
-# this many seconds is stopped: its worker's pool process is terminated.
-JOBS_CANCEL_GRACE_SECONDS = env.float("JOBS_CANCEL_GRACE_SECONDS", default=10.0)
-# A body's cancel checks (self.cancel_requested(), jobs.checkpoint()) read the ledger at
-# most this often.
-JOBS_CANCEL_CHECK_SECONDS = env.float("JOBS_CANCEL_CHECK_SECONDS", default=0.5)
-# The admin's actions on every job a filter matches run this many jobs a transaction.
-JOBS_BULK_ACTION_BATCH = env.int("JOBS_BULK_ACTION_BATCH", default=1000)
-# A body's progress reports (self.progress()) are written to the ledger at most this often.
-JOBS_PROGRESS_SECONDS = env.float("JOBS_PROGRESS_SECONDS", default=1.0)
-# A link to a job's trace in the tracing UI, {trace_id} replaced (the admin's job page):
-# "https://jaeger.example.com/trace/{trace_id}". Empty: the page shows the id alone.
-JOBS_TRACE_URL = env.str("JOBS_TRACE_URL", default="")
-# Seconds a publish may wait for RabbitMQ's confirm (a broker under a memory or disk
-# alarm blocks publishers); past it the job stays pending for the relay.
-JOBS_PUBLISH_TIMEOUT_SECONDS = env.float("JOBS_PUBLISH_TIMEOUT_SECONDS", default=5.0)
-# Rate limits per workload queue across all workers, e.g. "emails=20/s,invoices=300/m".
-JOBS_QUEUE_RATE_LIMITS = env.dict("JOBS_QUEUE_RATE_LIMITS", default={})
-# Largest JSON payload (args + kwargs) that enqueue accepts.
-JOBS_MAX_PAYLOAD_BYTES = env.int("JOBS_MAX_PAYLOAD_BYTES", default=256 * 1024)
-# The relay leaves rows this young to the publish-on-commit path.
-JOBS_RELAY_GRACE_SECONDS = env.float("JOBS_RELAY_GRACE_SECONDS", default=5.0)
-JOBS_RELAY_INTERVAL_SECONDS = env.float("JOBS_RELAY_INTERVAL_SECONDS", default=2.0)
-# The relay's rescue pass (jobs/rescue.py): a job queued, started or due to retry this
-# long ago, in a queue with no ready message (and, started, with no run holding its
-# lease), has lost its message and is sent again. Well above the soft time limit.
-JOBS_RESCUE_AFTER_SECONDS = env.float("JOBS_RESCUE_AFTER_SECONDS", default=900.0)
-# Seconds between the relay's rescue passes; 0 turns them off.
-JOBS_RESCUE_INTERVAL_SECONDS = env.float("JOBS_RESCUE_INTERVAL_SECONDS", default=60.0)
+globals().update({name: read(name) for name, read in _JOBS_FROM_ENV.items() if name in os.environ})
 
 # Flower reads FLOWER_BASIC_AUTH itself; bin/dev sets a development default.
 

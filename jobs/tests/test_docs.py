@@ -14,15 +14,17 @@ CONFIGURATION = DOCS / "configuration.md"
 SETTINGS = ROOT / "project" / "settings.py"
 
 # env("NAME"), env.str("NAME", ...), env.db("NAME"), os.environ["NAME"], os.environ.get("NAME"),
-# os.getenv("NAME"): the ways a settings module reads a variable.
+# os.getenv("NAME"), and "JOBS_NAME": env.float in the table of the platform's: the ways a
+# settings module reads a variable.
 _ENV_READ = re.compile(
     r"""(?:\benv(?:\.\w+)?\(|os\.environ(?:\.get\(|\[)|os\.getenv\()\s*["']([A-Z][A-Z0-9_]*)["']"""
+    r"""|["'](JOBS_[A-Z0-9_]*)["']:\s*(?:env\.|lambda )"""
 )
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def settings_variables() -> set[str]:
-    return set(_ENV_READ.findall(SETTINGS.read_text()))
+    return {a or b for a, b in _ENV_READ.findall(SETTINGS.read_text())}
 
 
 def table_rows(page: Path, heading: str) -> list[list[str]]:
