@@ -6,6 +6,8 @@ to end its job dead at once, and calls `jobs.checkpoint()` between steps so that
 `jobs.cancel(job_id)` can stop it.
 """
 
+__version__ = "0.2.0"
+
 from jobs.errors import CancelRefused, JobCancelled, PermanentJobError, TransientJobError
 
 __all__ = [
