@@ -201,6 +201,20 @@ def session_relay(worker_env, tmp_path_factory):
         relay.stop()
 
 
+def _purge_stale_messages() -> None:
+    """Empties the run's workload queues. A test starts on an empty ledger, so a message
+    in them is one an earlier test left (a duplicate copy its own worker did not reach
+    before it was killed, say): a worker would take it for a foreign job (jobs.base),
+    write its row and run it inside this test."""
+    from jobs import topology
+    from jobs.app import celery_app
+
+    with celery_app().connection_for_write() as connection:
+        channel = connection.default_channel
+        for queue in topology.WORKLOAD_QUEUES:
+            channel.queue_purge(queue)
+
+
 def _with_relay(request, relay) -> None:
     if "no_relay" not in request.fixturenames:
         relay.start()
@@ -215,6 +229,7 @@ def worker(request, session_worker, session_relay):
     with the ids of the jobs still in flight, which the next test would inherit.
     """
     _with_relay(request, session_relay)
+    _purge_stale_messages()
     session_worker.start()
     yield session_worker
     _settle()
@@ -258,6 +273,7 @@ def own_worker(request, session_worker, session_relay, worker_env, tmp_path):
     The shared relay runs, unless the test asks for `no_relay`.
     """
     session_worker.stop()
+    _purge_stale_messages()
     _with_relay(request, session_relay)
     worker = WorkerProcess(worker_env, tmp_path, name=f"own-{uuid.uuid4().hex[:6]}")
     try:

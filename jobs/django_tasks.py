@@ -1,10 +1,13 @@
-"""A backend for Django's task API (`django.tasks`, here the `django_tasks` package that
-Django 6 took it from, since Django 6 needs Python 3.12) that runs tasks on this
-platform: the ledger, the outbox, Celery workers, retries and dead letters.
+"""A backend for Django's task API that runs tasks on this platform: the ledger, the
+outbox, Celery workers, retries and dead letters. On Django 6 the API is Django's own
+(`django.tasks`); on Django 5.2 it is the `django_tasks` package Django took it from.
+This module imports whichever is there, and offers the names tests and code share
+(`task`, `task_backends`, `default_task_backend`, `TaskResultStatus`, `InvalidTaskError`,
+`TaskResultDoesNotExist`).
 
     TASKS = {"default": {"BACKEND": "jobs.django_tasks.LedgerBackend"}}
 
-    from django_tasks import task
+    from django.tasks import task      # Django 6 (from django_tasks import task on 5.2)
 
     @task(queue_name="cache", priority=50)
     def invalidate(namespace: str) -> None: ...
@@ -29,13 +32,41 @@ import logging
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.utils.module_loading import import_string
-from django_tasks import TaskContext, TaskResult, TaskResultStatus
-from django_tasks.backends.base import BaseTaskBackend
-from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
-from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
-from django_tasks.signals import task_enqueued, task_finished, task_started
+
+try:  # Django 6: the task API is Django's own
+    from django.tasks import (
+        TaskContext,
+        TaskResult,
+        TaskResultStatus,
+        default_task_backend,
+        task,
+        task_backends,
+    )
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
+    from django.tasks.exceptions import InvalidTask as InvalidTaskError
+    from django.tasks.exceptions import TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
+except ImportError:  # Django 5.2: the django_tasks backport it was taken from
+    from django_tasks import (
+        TaskContext,
+        TaskResult,
+        TaskResultStatus,
+        default_task_backend,
+        task,
+        task_backends,
+    )
+    from django_tasks.backends.base import BaseTaskBackend
+    from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
+    from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
+    from django_tasks.signals import task_enqueued, task_finished, task_started
 
 from jobs.app import celery_app
+
+__all__ = [
+    "InvalidTaskError", "LedgerBackend", "TaskResultDoesNotExist", "TaskResultStatus", "default_task_backend",
+    "priority_class", "task", "task_backends",
+]  # fmt: skip
 from jobs.base import JobTask
 from jobs.errors import PermanentJobError
 from jobs.models import Job, JobState

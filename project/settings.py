@@ -9,6 +9,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import django
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
@@ -40,8 +41,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # the ledger's ArrayField (Django 6 checks for it)
     "django_celery_beat",
-    "django_tasks",
+    # Django 6 has the task API built in (django.tasks); 5.2 takes it from the backport.
+    *(["django_tasks"] if django.VERSION < (6,) else []),
     "jobs",
     "invoices",
     "emails",

@@ -35,7 +35,9 @@ class LedgerSession:
     def __init__(self, alias: str = DEFAULT_DB_ALIAS):
         source = connections[alias]
         self.pid = os.getpid()
-        self.db = source.__class__(copy.deepcopy(source.settings_dict), alias=f"{alias}:jobs-ledger")
+        # Under the source's alias: receivers of connection_created look the alias up in
+        # Django's connections (django.contrib.postgres reads its type OIDs through it, once).
+        self.db = source.__class__(copy.deepcopy(source.settings_dict), alias=alias)
         self.guarded = None  # the DB-API connection the guard was set on
 
     def connection(self):

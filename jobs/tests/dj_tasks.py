@@ -5,7 +5,10 @@ The cache invalidation job, converted: the same work as jobs.invalidate_cache.
 
 import asyncio
 
-from django_tasks import task
+try:
+    from django.tasks import task  # Django 6: code written to Django's own API
+except ImportError:
+    from django_tasks import task  # Django 5.2: the backport
 
 from jobs import cache as job_cache
 from jobs.errors import TransientJobError

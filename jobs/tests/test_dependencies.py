@@ -74,3 +74,15 @@ def test_every_pin_is_within_its_declared_range():
         assert requirement.specifier.contains(development[name], prereleases=True), (
             f"requirements-dev.txt pins {name}=={development[name]}, outside {requirement}: run bin/lock"
         )
+
+
+def test_the_django_6_lane_pins_django_6_and_every_declared_runtime_package():
+    lane = pins(ROOT / "requirements-django6.txt")
+    assert lane["django"].startswith("6.0."), lane["django"]
+    assert "django-tasks" not in lane  # Django 6's own django.tasks, not the backport
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in [Requirement(r) for r in project["dependencies"]] + declared(ROOT / "requirements.in"):
+        name = canonicalize_name(requirement.name)
+        assert name in lane and requirement.specifier.contains(lane[name], prereleases=True), (
+            f"requirements-django6.txt: {name} {lane.get(name)} is not within {requirement}: run bin/django6 --lock"
+        )

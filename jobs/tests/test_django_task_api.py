@@ -6,11 +6,17 @@ import pytest
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
-from django_tasks import TaskResultStatus, default_task_backend, task_backends
-from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 
 from jobs.cache import namespaced_key
-from jobs.django_tasks import LedgerBackend, priority_class
+from jobs.django_tasks import (
+    InvalidTaskError,
+    LedgerBackend,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    default_task_backend,
+    priority_class,
+    task_backends,
+)
 from jobs.models import Job, JobState
 from jobs.relay import relay_pending_jobs
 from jobs.testing import wait_for
