@@ -29,12 +29,12 @@ def test_progress_lands_on_the_row_about_once_a_second_and_the_api_and_admin_sho
     job = enqueue(tasks.progressing, str(tmp_path / "out"), 300, 0.01)  # 300 reports in about 3 s
     url = reverse("jobs:job_detail", args=[job.id])
 
-    writes, seen_running, started = set(), None, time.monotonic()
+    writes, done_while_running, started = set(), [], time.monotonic()
     while time.monotonic() - started < 30:
         body = api.get(url).json()
         if body["progress"] is not None and body["state"] == JobState.STARTED:
             writes.add(body["progress"]["updated_at"])
-            seen_running = body
+            done_while_running.append(body["progress"]["done"])
         if body["finished"]:
             break
         time.sleep(0.02)
@@ -44,7 +44,9 @@ def test_progress_lands_on_the_row_about_once_a_second_and_the_api_and_admin_sho
     assert final["progress"]["done"] == 300 and final["progress"]["total"] == 300  # the latest, at the end
     assert final["progress"]["percent"] == 100.0 and final["progress"]["message"] == "step 300 of 300"
     run_seconds = final["duration_ms"] / 1000
-    assert seen_running is not None and 0 < seen_running["progress"]["done"] < 300
+    # Seen part-way while it ran (a poll may also catch the last report, written just
+    # before the run's end).
+    assert any(0 < done < 300 for done in done_while_running), done_while_running
     # 300 reports, but only about one write a second (the first report is written at once).
     assert 2 <= len(writes) <= run_seconds + 2, (len(writes), run_seconds)
     changelist = api.get(reverse("admin:jobs_job_changelist")).content.decode()
