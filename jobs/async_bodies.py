@@ -43,19 +43,17 @@ from jobs.errors import JobCancelled
 logger = logging.getLogger("jobs")
 
 
-def in_event_loop() -> bool:
-    """Whether this thread is running an event loop now (inside an async body)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def run(task, args, kwargs):
     """Runs `task`'s coroutine body to its end on a new event loop; returns its result,
-    or raises what it raised (JobCancelled once it was cancelled as asked)."""
-    return asyncio.run(_supervised(task, args, kwargs))
+    or raises what it raised (JobCancelled once it was cancelled as asked). While it
+    runs, the request says so (`_jobs_async_body`): the body's progress reports and
+    cancel checks go through the watcher, off the loop."""
+    request = task.request
+    request._jobs_async_body = True
+    try:
+        return asyncio.run(_supervised(task, args, kwargs))
+    finally:
+        request._jobs_async_body = False
 
 
 async def _supervised(task, args, kwargs):

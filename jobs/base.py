@@ -296,7 +296,7 @@ class JobTask(Task):
         if request.called_directly or request.is_eager or not request.id:
             return
         report = (done, total, message[:200])
-        if async_bodies.in_event_loop():
+        if getattr(request, "_jobs_async_body", False):
             request._jobs_progress_pending = report  # the watcher writes it, off the loop
             return
         last = getattr(request, "_jobs_progress_written", None)
@@ -332,7 +332,7 @@ class JobTask(Task):
         if request.called_directly or request.is_eager or not request.id:
             return False
         seen = getattr(request, "_jobs_cancel_seen", None)
-        if async_bodies.in_event_loop():
+        if getattr(request, "_jobs_async_body", False):
             return bool(seen and seen[1])  # what the watcher last read, off the loop
         now = time.monotonic()
         if seen is not None and (seen[1] or now - seen[0] < settings.JOBS_CANCEL_CHECK_SECONDS):

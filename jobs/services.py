@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from celery import Task
 from django.conf import settings
@@ -353,8 +353,7 @@ def enqueue_many(
         raise EnqueueError(
             f"publish_batch_size must be a whole number of 1 or more, not {publish_batch_size!r}."
         )
-    calls = calls if isinstance(calls, Sequence) else list(calls)
-    with tracing.enqueuing(task.name, str(task.queue), count=len(calls)) as traceparent:
+    with tracing.enqueuing(task.name, str(task.queue)) as traceparent:
         signature = inspect.signature(task.run)
         new_job = ledger.job_factory(
             task_name=task.name, queue=task.queue, priority=priority_class.value, run_after=run_after,
@@ -376,6 +375,7 @@ def enqueue_many(
                 raise EnqueueError(f"Call {n}: {exc}") from None
             jobs.append(new_job(id=uuid.uuid4(), args=list(args), kwargs=kwargs))
         ledger.record_many(jobs, payloads)
+        tracing.enqueued(len(jobs))
         if run_after is None or run_after <= timezone.now():
             after_commit(publish_jobs, jobs, chunk_size=publish_batch_size)
         return jobs

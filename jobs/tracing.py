@@ -119,22 +119,25 @@ _NO_TRACEPARENT, _NOTHING_CARRIED, _NO_SPAN = (
 )  # fmt: skip
 
 
-def enqueuing(
-    task_name: str, queue: str, job_id=None, count: int = 1
-) -> contextlib.AbstractContextManager[str]:
-    """The span of an enqueue (of `count` jobs, one call of enqueue_many), under the
-    caller's current span; gives the traceparent to write on the job rows ("" when
-    this process does not trace)."""
-    return _enqueue_span(task_name, queue, job_id, count) if enabled() else _NO_TRACEPARENT
+def enqueuing(task_name: str, queue: str, job_id=None) -> contextlib.AbstractContextManager[str]:
+    """The span of an enqueue (of one job, or of one call of enqueue_many: see
+    `enqueued`), under the caller's current span; gives the traceparent to write on the
+    job rows ("" when this process does not trace)."""
+    return _enqueue_span(task_name, queue, job_id) if enabled() else _NO_TRACEPARENT
+
+
+def enqueued(count: int) -> None:
+    """Records on the current enqueue span how many jobs one enqueue_many wrote."""
+    span = trace.get_current_span()
+    if count != 1 and span.is_recording():
+        span.set_attribute("messaging.batch.message_count", count)
 
 
 @contextlib.contextmanager
-def _enqueue_span(task_name: str, queue: str, job_id, count: int) -> Iterator[str]:
+def _enqueue_span(task_name: str, queue: str, job_id) -> Iterator[str]:
     attributes = {"messaging.system": "rabbitmq", "messaging.destination.name": queue, TASK: task_name}
     if job_id is not None:
         attributes[JOB_ID] = str(job_id)
-    if count != 1:
-        attributes["messaging.batch.message_count"] = count
     with _tracer().start_as_current_span(
         f"enqueue {task_name}", kind=SpanKind.PRODUCER, attributes=attributes
     ) as span:
